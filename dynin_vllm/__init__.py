@@ -1,0 +1,46 @@
+"""dynin-vllm: serve Dynin-Omni, LLaDA and MMaDA masked-diffusion LLMs in vLLM.
+
+vLLM calls :func:`register` through the ``vllm.general_plugins`` entry point in
+every process it starts (front end, engine core, workers, the model-inspection
+subprocess). Registration is idempotent, imports nothing heavy and touches no
+device.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+#: The ``architectures`` strings of the checkpoints this plugin serves.
+ARCHITECTURES: tuple[str, ...] = ("DyninOmniModelLM", "LLaDAModelLM", "MMadaModelLM")
+
+#: Lazily imported model class (``module:Class``), inspected by vLLM in a
+#: subprocess without being imported here.
+MODEL_CLASS = "dynin_vllm.model.llada:LLaDAForMaskedDiffusion"
+
+_registered = False
+
+
+def register() -> None:
+    """Register configs, the model and the engine defaults with vLLM.
+
+    Raises ``UnsupportedVLLMVersionError`` when the installed vLLM is outside
+    the range the engine integration was checked against.
+    """
+    global _registered
+    if _registered:
+        return
+
+    from dynin_vllm.compat import check_vllm_version
+
+    check_vllm_version()
+
+    from vllm import ModelRegistry
+
+    from dynin_vllm.configs import register_configs
+    from dynin_vllm.engine.config_hook import register_config_hooks
+
+    register_configs()
+    for arch in ARCHITECTURES:
+        ModelRegistry.register_model(arch, MODEL_CLASS)
+    register_config_hooks(ARCHITECTURES)
+    _registered = True

@@ -1,0 +1,214 @@
+"""Per-request masked-diffusion parameters: parsing, defaults and validation.
+
+Requests pass these through ``SamplingParams.extra_args`` (``vllm_xargs`` over
+HTTP); server-wide defaults come from the checkpoint's
+``generation_config.json`` (or ``--override-generation-config``) under the same
+names, then from :data:`BUILTIN_DEFAULTS`. The answer length is vLLM's own
+``max_tokens`` and the temperature vLLM's own ``temperature``.
+
+============== ====================================================================
+name           meaning
+============== ====================================================================
+block_length   tokens per block; blocks are denoised left to right (semi-AR)
+steps          total denoising steps over the answer (upstream ``steps``); each
+               block gets ``max(1, steps // num_blocks)``. Default: one token per
+               step (``steps = max_tokens``)
+remasking      ``low_confidence`` (commit the most confident) or ``random``
+threshold      Fast-dLLM parallel decoding: commit every masked position of the
+               block with confidence >= threshold, at least one; ignores steps
+factor         Fast-dLLM factor rule (``(n+1)(1-c_n) < factor``); ignores steps
+cfg_scale      classifier-free guidance scale (0 = off): ``u + (s+1)(c-u)``
+mode           ``prefix`` (Fast-dLLM prefix cache, default), ``exact`` (upstream:
+               recompute everything each step) or ``block`` (write each block's
+               KV once, never refresh)
+seed           seed of the counter-based noise (temperature > 0, random remasking)
+canvas         initial answer canvas: mask ids mixed with fixed ids (never changed)
+uncond_prompt_token_ids  prompt of the unconditional CFG branch (default: the
+               prompt with every token replaced by the mask id, as LLaDA does)
+============== ====================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MODES = ("prefix", "exact", "block")
+REMASKING = ("low_confidence", "random")
+
+#: Fallback defaults when neither the request nor the checkpoint sets a value.
+BUILTIN_DEFAULTS: dict[str, Any] = {
+    "block_length": 32,
+    "steps": None,
+    "remasking": "low_confidence",
+    "threshold": None,
+    "factor": None,
+    "cfg_scale": 0.0,
+    "mode": "prefix",
+}
+
+#: Every extra_args key this plugin reads.
+PARAM_NAMES = (
+    *BUILTIN_DEFAULTS,
+    "seed",
+    "canvas",
+    "uncond_prompt_token_ids",
+)
+
+#: Keys reserved for the engine's own bookkeeping (never set by clients).
+INTERNAL_PREFIX = "_dynin_"
+
+#: extra_args keys vLLM itself reads.
+VLLM_EXTRA_ARGS = ("kv_transfer_params", "ec_transfer_params", "kv_cache_report_mode")
+
+
+class DiffusionParamError(ValueError):
+    """A masked-diffusion request parameter is invalid; ``parameter`` names it."""
+
+    def __init__(self, parameter: str, message: str):
+        super().__init__(f"Invalid diffusion parameter '{parameter}': {message}")
+        self.parameter = parameter
+
+
+@dataclass(frozen=True)
+class DiffusionParams:
+    """Validated parameters of one request (answer length not included)."""
+
+    block_length: int
+    steps: int | None
+    remasking: str
+    threshold: float | None
+    factor: float | None
+    cfg_scale: float
+    mode: str
+    seed: int | None
+    canvas: tuple[int, ...] | None
+    uncond_prompt_token_ids: tuple[int, ...] | None
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.cfg_scale > 0.0
+
+    @property
+    def dynamic_steps(self) -> bool:
+        """Whether the number of steps depends on the confidences."""
+        return self.threshold is not None or self.factor is not None
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DiffusionParamError(name, f"expected an integer, got {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise DiffusionParamError(name, f"expected an integer, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise DiffusionParamError(name, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DiffusionParamError(name, f"expected a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise DiffusionParamError(name, f"must be finite, got {value}")
+    return value
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise DiffusionParamError(
+            name, f"must be one of {list(choices)}, got {value!r}"
+        )
+    return value
+
+
+def _token_ids(name: str, value: Any, vocab_size: int | None) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise DiffusionParamError(name, "expected a non-empty list of token ids")
+    ids = []
+    for i, token in enumerate(value):
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise DiffusionParamError(name, f"entry {i} is not an integer: {token!r}")
+        if token < 0 or (vocab_size is not None and token >= vocab_size):
+            raise DiffusionParamError(
+                name, f"entry {i} = {token} is outside the vocabulary [0, {vocab_size})"
+            )
+        ids.append(token)
+    return tuple(ids)
+
+
+def parse_params(
+    extra_args: Mapping[str, Any] | None,
+    defaults: Mapping[str, Any] | None = None,
+    *,
+    seed: int | None = None,
+    vocab_size: int | None = None,
+) -> DiffusionParams:
+    """Merge request ``extra_args`` over ``defaults`` and validate the result.
+
+    ``seed`` is vLLM's own ``SamplingParams.seed``; ``extra_args["seed"]`` wins.
+    Raises :class:`DiffusionParamError` naming the first bad parameter.
+    """
+    request = {
+        k: v for k, v in (extra_args or {}).items() if not k.startswith(INTERNAL_PREFIX)
+    }
+    merged: dict[str, Any] = dict(BUILTIN_DEFAULTS)
+    merged.update({k: v for k, v in (defaults or {}).items() if k in BUILTIN_DEFAULTS})
+    merged.update({k: v for k, v in request.items() if k in PARAM_NAMES})
+
+    threshold = merged["threshold"]
+    if threshold is not None:
+        threshold = _float("threshold", threshold)
+        if not 0.0 < threshold <= 1.0:
+            raise DiffusionParamError(
+                "threshold", f"must be in (0, 1], got {threshold}"
+            )
+    factor = merged["factor"]
+    if factor is not None:
+        factor = _float("factor", factor)
+        if factor <= 0.0:
+            raise DiffusionParamError("factor", f"must be > 0, got {factor}")
+    if threshold is not None and factor is not None:
+        raise DiffusionParamError("factor", "cannot be combined with 'threshold'")
+    cfg_scale = _float("cfg_scale", merged["cfg_scale"])
+    if cfg_scale < 0.0:
+        raise DiffusionParamError("cfg_scale", f"must be >= 0, got {cfg_scale}")
+
+    request_seed = request.get("seed", seed)
+    if request_seed is not None:
+        # Any integer works; it is folded into the int64 range the noise uses.
+        request_seed = (_int("seed", request_seed, -(2**200)) + 2**63) % 2**64 - 2**63
+
+    canvas = request.get("canvas")
+    if canvas is not None:
+        canvas = _token_ids("canvas", canvas, vocab_size)
+    uncond = request.get("uncond_prompt_token_ids")
+    if uncond is not None:
+        uncond = _token_ids("uncond_prompt_token_ids", uncond, vocab_size)
+
+    return DiffusionParams(
+        block_length=_int("block_length", merged["block_length"], 1),
+        steps=None if merged["steps"] is None else _int("steps", merged["steps"], 1),
+        remasking=_choice("remasking", merged["remasking"], REMASKING),
+        threshold=threshold,
+        factor=factor,
+        cfg_scale=cfg_scale,
+        mode=_choice("mode", merged["mode"], MODES),
+        seed=request_seed,
+        canvas=canvas,
+        uncond_prompt_token_ids=uncond,
+    )
+
+
+def unknown_params(extra_args: Mapping[str, Any] | None) -> list[str]:
+    """``extra_args`` keys this plugin does not know (likely typos)."""
+    return sorted(
+        k
+        for k in (extra_args or {})
+        if k not in PARAM_NAMES
+        and k not in VLLM_EXTRA_ARGS
+        and not k.startswith(INTERNAL_PREFIX)
+    )

@@ -1,0 +1,114 @@
+"""Per-request denoising state.
+
+A request's answer region of ``answer_len`` tokens starts as its initial canvas
+(mask ids, possibly mixed with fixed ids) and is denoised block by block, left
+to right. ``committed`` counts the answer tokens already emitted: everything
+before it is final, the current block starts there, everything after it is
+still the initial canvas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from dynin_vllm.diffusion.params import DiffusionParams
+from dynin_vllm.diffusion.schedule import BlockLayout, transfer_counts
+
+
+@dataclass
+class RequestState:
+    """Denoising progress of one request (or of the CFG branch of one)."""
+
+    req_id: str
+    params: DiffusionParams
+    layout: BlockLayout
+    mask_id: int
+    temperature: float
+    seed: int
+    initial: torch.Tensor  # [answer_len] int64, CPU
+    answer: torch.Tensor = field(init=False)
+    committed: int = 0
+    block: int = 0
+    step: int = 0
+    schedule: list[int] = field(default_factory=list)
+    num_steps: int = 0  # denoising forwards that updated this request
+    cfg_partner: str | None = None
+    is_uncond: bool = False
+
+    def __post_init__(self) -> None:
+        self.answer = self.initial.clone()
+        self._start_block()
+
+    @property
+    def answer_len(self) -> int:
+        return self.layout.answer_len
+
+    @property
+    def finished(self) -> bool:
+        return self.committed >= self.answer_len
+
+    @property
+    def block_bounds(self) -> tuple[int, int]:
+        return self.layout.bounds(self.block)
+
+    @property
+    def block_size(self) -> int:
+        start, end = self.block_bounds
+        return end - start
+
+    @property
+    def noise_step(self) -> int:
+        """Index of the current step in the request's noise stream."""
+        return self.block * self.layout.step_stride + self.step
+
+    def num_masked_in_block(self) -> int:
+        start, end = self.block_bounds
+        return int((self.answer[start:end] == self.mask_id).sum())
+
+    def _start_block(self) -> None:
+        self.step = 0
+        if self.params.dynamic_steps:
+            self.schedule = []
+        else:
+            self.schedule = transfer_counts(
+                self.num_masked_in_block(), self.layout.steps_per_block
+            )
+
+    def num_transfer(self) -> int:
+        """Positions to commit this step under the fixed schedule."""
+        return self.schedule[self.step] if self.step < len(self.schedule) else 0
+
+    def restart_block(self) -> None:
+        """Forget the current block's progress (after a preemption)."""
+        self.answer[self.committed :] = self.initial[self.committed :]
+        self._start_block()
+
+    def drafts(self) -> list[int]:
+        """The canvas to forward next: current block (``block`` mode) or all
+        uncommitted answer positions (``prefix`` and ``exact`` modes)."""
+        if self.finished:
+            return []
+        end = self.block_bounds[1] if self.params.mode == "block" else self.answer_len
+        return self.answer[self.committed : end].tolist()
+
+    def take_finished_blocks(self) -> list[int]:
+        """Emit every leading block with no mask left; returns their tokens."""
+        emitted: list[int] = []
+        while not self.finished and self.num_masked_in_block() == 0:
+            start, end = self.block_bounds
+            emitted += self.answer[start:end].tolist()
+            self.committed = end
+            self.block += 1
+            if not self.finished:
+                self._start_block()
+        return emitted
+
+    def apply_block(self, tokens: torch.Tensor) -> list[int]:
+        """Write the current block's new tokens, advance; return what to emit."""
+        start, end = self.block_bounds
+        self.answer[start:end] = tokens[: end - start]
+        self.step += 1
+        self.num_steps += 1
+        return self.take_finished_blocks()

@@ -1,0 +1,153 @@
+"""Model-runner seam: masked denoising inside vLLM's V1 model runner.
+
+The denoising canvas rides the speculative-decoding data path. The scheduler
+schedules a request's canvas as its draft tokens, at the positions right after
+its committed tokens; the forward writes their KV (bidirectional attention,
+see ``attention.py``); this runner replaces the sampler and rejection sampler
+with one batched denoising step (``dynin_vllm.diffusion``), emits whole
+committed blocks as multi-token step outputs, and proposes each request's next
+canvas as its next drafts. The scheduler's rejection accounting rolls back the
+KV of every canvas position not emitted (see ``scheduler.py``).
+
+Only the current block of each request gets logits (the canvas may span the
+whole answer), so the LM head and the scoring never see the masked suffix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from vllm.logger import init_logger
+
+from dynin_vllm.diffusion.denoiser import Denoiser, DraftSpan, StepPlan
+from dynin_vllm.diffusion.params import BUILTIN_DEFAULTS
+from dynin_vllm.engine import cfg, vllm_private
+
+logger = init_logger(__name__)
+
+
+def generation_defaults(model_config: Any) -> dict[str, Any]:
+    """Diffusion defaults from ``generation_config.json`` and overrides."""
+    config = dict(model_config.try_get_generation_config() or {})
+    config.update(model_config.override_generation_config or {})
+    return {k: v for k, v in config.items() if k in BUILTIN_DEFAULTS and v is not None}
+
+
+def answer_length(sampling_params: Any, prompt_len: int, max_model_len: int) -> int:
+    """Answer slots of a request: ``max_tokens`` capped by the context length."""
+    room = max_model_len - prompt_len
+    max_tokens = sampling_params.max_tokens
+    return room if max_tokens is None else max(1, min(max_tokens, room))
+
+
+class DiffusionRunnerMixin:
+    """Mixed into vLLM's V1 ``GPUModelRunner`` / ``CPUModelRunner``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        model_config = self.model_config
+        self.denoiser = Denoiser(
+            mask_id=model_config.hf_config.mask_token_id,
+            vocab_size=model_config.get_vocab_size(),
+            device=self.device,
+            defaults=generation_defaults(model_config),
+        )
+        self._step_plan: StepPlan | None = None
+        self._prefill_emissions: dict[str, list[int]] = {}
+
+    # --- request bookkeeping ----------------------------------------------
+    def _update_states(self, scheduler_output: Any) -> Any:
+        result = super()._update_states(scheduler_output)
+        for req_id in scheduler_output.finished_req_ids:
+            self.denoiser.remove_request(req_id)
+        new = [r.req_id for r in scheduler_output.scheduled_new_reqs]
+        # Unconditional CFG branches mirror their request: add requests first.
+        for req_id in sorted(new, key=lambda r: cfg.is_uncond(self._params(r))):
+            self._add_request(req_id)
+        return result
+
+    def _params(self, req_id: str) -> Any:
+        return self.requests[req_id].sampling_params
+
+    def _add_request(self, req_id: str) -> None:
+        state = self.requests[req_id]
+        params = state.sampling_params
+        role = cfg.branch_role(params)
+        if role is cfg.UNCOND:
+            main_id = cfg.partner_of(params)
+            main = self.denoiser.states[main_id]
+            self.denoiser.add_request(
+                req_id,
+                answer_len=main.answer_len,
+                temperature=main.temperature,
+                seed=main.seed,
+                extra_args=None,
+                params=main.params,
+                cfg_partner=main_id,
+                is_uncond=True,
+            )
+            return
+        self.denoiser.add_request(
+            req_id,
+            answer_len=answer_length(
+                params, len(state.prompt_token_ids or ()), self.max_model_len
+            ),
+            temperature=params.temperature,
+            seed=params.seed,
+            extra_args=params.extra_args,
+            cfg_partner=cfg.partner_of(params),
+        )
+
+    # --- the step ------------------------------------------------------------
+    def _prepare_inputs(self, scheduler_output: Any, num_scheduled_tokens: np.ndarray):
+        _, spec_decode_metadata, max_num_sampled = super()._prepare_inputs(
+            scheduler_output, num_scheduled_tokens
+        )
+        ends = np.cumsum(num_scheduled_tokens)
+        scheduled_drafts = scheduler_output.scheduled_spec_decode_tokens
+        spans = []
+        for i, req_id in enumerate(self.input_batch.req_ids):
+            drafts = scheduled_drafts.get(req_id)
+            if drafts:
+                spans.append(DraftSpan(req_id, int(ends[i]) - len(drafts), len(drafts)))
+            elif req_id in self.denoiser.states:
+                # A prefill, first or after a preemption: (re)start the block.
+                self._prefill_emissions[req_id] = self.denoiser.restart(req_id)
+        self._step_plan = self.denoiser.plan(spans)
+        logits_indices = self._step_plan.logits_rows.to(self.device, non_blocking=True)
+        return logits_indices, spec_decode_metadata, max_num_sampled
+
+    def _sample(self, logits: torch.Tensor | None, spec_decode_metadata: Any) -> Any:
+        plan, self._step_plan = self._step_plan, None
+        emitted: dict[str, list[int]] = {}
+        if plan is not None and logits is not None:
+            emitted = self.denoiser.step(plan, logits)
+        emitted.update(self._prefill_emissions)
+        self._prefill_emissions = {}
+        req_ids = self.input_batch.req_ids
+        width = max([2, *(len(t) for t in emitted.values())])
+        sampled = torch.full((len(req_ids), width), -1, dtype=torch.int32)
+        for i, req_id in enumerate(req_ids):
+            tokens = emitted.get(req_id)
+            if tokens:
+                sampled[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.int32)
+        return vllm_private.sampler_output_cls()(
+            sampled_token_ids=sampled.to(self.device), logprobs_tensors=None
+        )
+
+    def _input_fits_in_drafter(self, common_attn_metadata: Any) -> bool:
+        # The canvas never passes the answer region, which fits the context.
+        return True
+
+    def propose_draft_token_ids(self, *args: Any, **kwargs: Any) -> list[list[int]]:
+        return [self.denoiser.drafts(req_id) for req_id in self.input_batch.req_ids]
+
+
+class DiffusionCPUModelRunner(DiffusionRunnerMixin, vllm_private.cpu_runner_base()):
+    """V1 CPU model runner with masked denoising."""
+
+
+class DiffusionGPUModelRunner(DiffusionRunnerMixin, vllm_private.gpu_runner_base()):
+    """V1 GPU model runner with masked denoising."""

@@ -1,0 +1,265 @@
+"""Scheduler seam: what each masked-diffusion request forwards at each step.
+
+vLLM's V1 scheduler already does most of the work: a request's canvas is its
+list of draft tokens, scheduled at the positions after its committed tokens;
+the runner emits nothing while denoising, so the rejection accounting rolls
+``num_computed_tokens`` back over the canvas, and emits a whole block when one
+is committed, which the accounting keeps. This subclass adds four things.
+
+1. **Cache semantics per mode.** After each step it moves
+   ``num_computed_tokens`` so the next forward covers what the mode needs:
+   ``exact`` back to 0 every step (the whole sequence is recomputed);
+   ``prefix`` back to 0 after a prefill or a committed block (a refresh
+   forward over prompt, committed blocks and the masked suffix), otherwise
+   the prefix cache stays; ``block`` back over a just-committed block, whose
+   final KV is then written together with the next block's first canvas.
+2. **Whole canvases only.** A request is scheduled only if all its tokens fit
+   this step's budget (a partial canvas would change attention).
+3. **Classifier-free guidance pairs** (``cfg.py``): the hidden unconditional
+   branch is added, scheduled and finished with its request, and its outputs
+   never reach the client.
+4. ``num_sampled_tokens_per_step = 0``: a step that emits nothing keeps
+   nothing, as for vLLM's own diffusion models.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vllm.logger import init_logger
+
+from dynin_vllm.diffusion.params import DiffusionParamError, parse_params
+from dynin_vllm.engine import cfg, vllm_private
+from dynin_vllm.engine.runner import generation_defaults
+
+logger = init_logger(__name__)
+
+Scheduler = vllm_private.scheduler_base()
+RequestStatus = vllm_private.request_status()
+
+
+class DiffusionScheduler(Scheduler):
+    """V1 scheduler for masked-diffusion models."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A step that emits nothing keeps nothing (see module docstring).
+        self.num_sampled_tokens_per_step = 0
+        model_config = self.vllm_config.model_config
+        self._defaults = generation_defaults(model_config)
+        self._mask_id = model_config.hf_config.mask_token_id
+        self._vocab_size = model_config.get_vocab_size()
+        self._modes: dict[str, str] = {}
+        self._partner: dict[str, str] = {}  # both directions of each CFG pair
+        self._uncond: set[str] = set()
+
+    # --- admission ---------------------------------------------------------
+    def add_request(self, request: Any) -> None:
+        params = request.sampling_params
+        req_id = request.request_id
+        if params is None or req_id in self.requests or req_id in self._uncond:
+            return super().add_request(request)
+        try:
+            parsed = parse_params(
+                params.extra_args,
+                self._defaults,
+                seed=params.seed,
+                vocab_size=self._vocab_size,
+            )
+        except DiffusionParamError as err:  # the front end validates; be robust
+            logger.error("Request %s: %s; using default parameters.", req_id, err)
+            params.extra_args = None
+            parsed = parse_params(None, self._defaults)
+        self._modes[req_id] = parsed.mode
+        if not parsed.uses_cfg:
+            return super().add_request(request)
+
+        cfg.mark_main(params, req_id)
+        super().add_request(request)
+        branch_id = cfg.uncond_id(req_id)
+        prompt = cfg.uncond_prompt(
+            list(request.prompt_token_ids or ()),
+            list(parsed.uncond_prompt_token_ids or ()),
+            self._mask_id,
+        )
+        branch = type(request)(
+            request_id=branch_id,
+            prompt_token_ids=prompt,
+            sampling_params=cfg.uncond_sampling_params(params, req_id),
+            pooling_params=None,
+            client_index=request.client_index,
+            arrival_time=request.arrival_time,
+            priority=request.priority,
+        )
+        self._modes[branch_id] = parsed.mode
+        self._partner[req_id] = branch_id
+        self._partner[branch_id] = req_id
+        self._uncond.add(branch_id)
+        super().add_request(branch)
+
+    # --- scheduling --------------------------------------------------------
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        self._split_broken_pairs()
+        hidden = self._hide_unschedulable()
+        try:
+            return super().schedule(*args, **kwargs)
+        finally:
+            if hidden:
+                keep = {id(r) for r in hidden}
+                current = [r for r in self.running if id(r) not in keep]
+                self.running = self._restore_order(hidden, current)
+
+    def _need(self, request: Any) -> int:
+        return request.num_tokens_with_spec - request.num_computed_tokens
+
+    def _hide_unschedulable(self) -> list[Any]:
+        """Drop from ``self.running`` (for this step) requests that cannot run
+        whole: a canvas that does not fit the token budget, or one half of a
+        CFG pair whose other half is not running."""
+        budget = self.max_num_scheduled_tokens
+        running_ids = {r.request_id for r in self.running}
+        hidden: list[Any] = []
+        seen: set[str] = set()
+        self._original_order = list(self.running)
+        for request in self.running:
+            req_id = request.request_id
+            if req_id in seen:
+                continue
+            partner_id = self._partner.get(req_id)
+            group = [request]
+            if partner_id is not None:
+                partner = self.requests.get(partner_id)
+                if partner is None or partner_id not in running_ids:
+                    hidden.append(request)
+                    continue
+                group.append(partner)
+                seen.add(partner_id)
+            need = sum(self._need(r) for r in group)
+            if need > budget:
+                hidden.extend(group)
+                continue
+            budget -= need
+        if hidden:
+            ids = {id(r) for r in hidden}
+            self.running = [r for r in self.running if id(r) not in ids]
+        return hidden
+
+    def _restore_order(self, hidden: list[Any], current: list[Any]) -> list[Any]:
+        """Put hidden requests back, keeping the original relative order."""
+        present = {id(r) for r in current} | {id(r) for r in hidden}
+        ordered = [r for r in self._original_order if id(r) in present]
+        newcomers = [r for r in current if id(r) not in {id(o) for o in ordered}]
+        return ordered + newcomers
+
+    def _split_broken_pairs(self) -> None:
+        """A CFG request running without its branch (or the reverse) cannot
+        step; preempt it so the pair restarts together."""
+        running_ids = {r.request_id for r in self.running}
+        stuck = [
+            r
+            for r in self.running
+            if (p := self._partner.get(r.request_id)) is not None
+            and p not in running_ids
+            and p in self.requests
+        ]
+        if not stuck:
+            return
+        now = time.monotonic()
+        ids = {id(r) for r in stuck}
+        self.running = [r for r in self.running if id(r) not in ids]
+        for request in stuck:
+            self._preempt_request(request, now)
+
+    # --- after a step ------------------------------------------------------
+    def update_from_output(
+        self, scheduler_output: Any, model_runner_output: Any
+    ) -> Any:
+        emitted = self._emitted_counts(scheduler_output, model_runner_output)
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        drafts = scheduler_output.scheduled_spec_decode_tokens
+        for req_id, num_emitted in emitted.items():
+            request = self.requests.get(req_id)
+            if request is None or request.status != RequestStatus.RUNNING:
+                continue
+            self._set_next_forward(request, num_emitted, bool(drafts.get(req_id)))
+        self._finish_orphans()
+        self._drop_uncond_outputs(outputs)
+        return outputs
+
+    @staticmethod
+    def _emitted_counts(scheduler_output: Any, model_runner_output: Any) -> dict:
+        sampled = model_runner_output.sampled_token_ids
+        index = model_runner_output.req_id_to_index
+        return {
+            req_id: len(sampled[index[req_id]]) if sampled and req_id in index else 0
+            for req_id in scheduler_output.num_scheduled_tokens
+        }
+
+    def _set_next_forward(
+        self, request: Any, num_emitted: int, had_drafts: bool
+    ) -> None:
+        mode = self._modes.get(request.request_id, "prefix")
+        if mode == "exact":
+            request.num_computed_tokens = 0
+        elif mode == "prefix":
+            if num_emitted or not had_drafts:
+                request.num_computed_tokens = 0
+        elif mode == "block" and num_emitted and had_drafts:
+            request.num_computed_tokens -= num_emitted
+
+    def _finish_orphans(self) -> None:
+        """Finish the other half of CFG pairs that lost one (stop, length, abort).
+
+        A branch outliving its request is aborted. A request outliving its
+        branch (the branch hit the context limit first, having a longer
+        prompt) cannot continue: it is finished with an error, reported at
+        the next step.
+        """
+        gone = [r for r in self._partner if r not in self.requests]
+        for req_id in gone:
+            partner = self._partner[req_id]
+            if partner in self.requests:
+                if partner in self._uncond:
+                    super().finish_requests(partner, RequestStatus.FINISHED_ABORTED)
+                else:
+                    logger.error("CFG branch of %s ended early; failing it.", partner)
+                    vllm_private.fail_request_next_step(self, partner)
+        for req_id in gone:
+            self._forget(req_id)
+        for req_id in [r for r in self._modes if r not in self.requests]:
+            self._modes.pop(req_id, None)
+
+    def _forget(self, req_id: str) -> None:
+        self._partner.pop(req_id, None)
+        self._uncond.discard(req_id)
+        self._modes.pop(req_id, None)
+
+    def _drop_uncond_outputs(self, outputs: dict) -> None:
+        if not self._uncond and not outputs:
+            return
+        for engine_outputs in outputs.values():
+            kept = [
+                o
+                for o in engine_outputs.outputs
+                if cfg.UNCOND_SUFFIX not in o.request_id
+            ]
+            if len(kept) != len(engine_outputs.outputs):
+                engine_outputs.outputs = kept
+            finished = getattr(engine_outputs, "finished_requests", None)
+            if finished:
+                engine_outputs.finished_requests = {
+                    r for r in finished if cfg.UNCOND_SUFFIX not in r
+                }
+
+    def finish_requests(self, request_ids: Any, finished_status: Any) -> list[Any]:
+        if isinstance(request_ids, str):
+            request_ids = (request_ids,)
+        if request_ids is not None:
+            request_ids = set(request_ids)
+            request_ids |= {self._partner[r] for r in request_ids if r in self._partner}
+        finished = super().finish_requests(request_ids, finished_status)
+        for request in finished:
+            if request.request_id not in self._partner:
+                self._modes.pop(request.request_id, None)
+        return [r for r in finished if r.request_id not in self._uncond]

@@ -1,0 +1,335 @@
+"""LLaDA / MMaDA / Dynin-Omni backbone built from vLLM layers.
+
+A Llama-shaped transformer (RMSNorm, NeoX RoPE, SwiGLU, no biases, untied LM
+head) whose attention is bidirectional. The module tree mirrors the Hugging
+Face one (``model.transformer.{wte,blocks.N.*,ln_f,ff_out}``) so checkpoint
+names map one to one, except for the fused projections: ``q/k/v_proj`` load
+into ``qkv_proj`` and ``ff_proj`` (the gate) / ``up_proj`` into
+``gate_up_proj``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.compilation.decorators import support_torch_compile
+from vllm.config import VllmConfig
+from vllm.distributed import get_tensor_model_parallel_world_size
+from vllm.logger import init_logger
+from vllm.model_executor.layers.activation import SiluAndMul
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.linear import (
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.rotary_embedding import get_rope
+from vllm.model_executor.layers.vocab_parallel_embedding import (
+    ParallelLMHead,
+    VocabParallelEmbedding,
+)
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.sequence import IntermediateTensors
+
+from dynin_vllm.configs import LLaDAConfig
+from dynin_vllm.engine import vllm_private
+from dynin_vllm.engine.attention import make_bidirectional
+from dynin_vllm.model.layout import IGNORED_PREFIXES, PREFIX, checkpoint_shapes
+
+logger = init_logger(__name__)
+
+# (checkpoint module, fused module, shard id)
+_STACKED: tuple[tuple[str, str, str | int], ...] = (
+    ("q_proj", "qkv_proj", "q"),
+    ("k_proj", "qkv_proj", "k"),
+    ("v_proj", "qkv_proj", "v"),
+    ("ff_proj", "gate_up_proj", 0),
+    ("up_proj", "gate_up_proj", 1),
+)
+
+
+class CheckpointLayoutError(ValueError):
+    """The checkpoint's tensors do not match the LLaDA layout of its config."""
+
+
+class LLaDABlock(nn.Module):
+    """One ``LLaDALlamaBlock``: pre-norm bidirectional attention and SwiGLU MLP."""
+
+    def __init__(self, config: LLaDAConfig, vllm_config: VllmConfig, prefix: str):
+        super().__init__()
+        tp = get_tensor_model_parallel_world_size()
+        quant_config = vllm_config.quant_config
+        self.head_dim = config.head_dim
+        self.num_heads = config.n_heads // tp
+        self.num_kv_heads = max(1, config.num_key_value_heads // tp)
+        self.rope_full_precision = bool(config.rope_full_precision)
+
+        self.attn_norm = RMSNorm(config.d_model, eps=config.rms_norm_eps)
+        self.qkv_proj = QKVParallelLinear(
+            config.d_model,
+            self.head_dim,
+            config.n_heads,
+            config.num_key_value_heads,
+            bias=False,
+            quant_config=quant_config,
+            prefix=f"{prefix}.qkv_proj",
+        )
+        self.attn_out = RowParallelLinear(
+            config.n_heads * self.head_dim,
+            config.d_model,
+            bias=False,
+            quant_config=quant_config,
+            prefix=f"{prefix}.attn_out",
+        )
+        self.rotary_emb = get_rope(
+            self.head_dim,
+            max_position=config.max_sequence_length,
+            is_neox_style=True,
+            rope_parameters=getattr(config, "rope_parameters", None)
+            or {"rope_type": "default", "rope_theta": config.rope_theta},
+            dtype=torch.float32 if self.rope_full_precision else None,
+        )
+        self.attn = vllm_private.attention_layer_cls()(
+            self.num_heads,
+            self.head_dim,
+            self.head_dim**-0.5,
+            num_kv_heads=self.num_kv_heads,
+            cache_config=vllm_config.cache_config,
+            quant_config=quant_config,
+            prefix=f"{prefix}.attn",
+        )
+        make_bidirectional(self.attn)
+
+        self.ff_norm = RMSNorm(config.d_model, eps=config.rms_norm_eps)
+        self.gate_up_proj = MergedColumnParallelLinear(
+            config.d_model,
+            [config.mlp_hidden_size] * 2,
+            bias=False,
+            quant_config=quant_config,
+            prefix=f"{prefix}.gate_up_proj",
+        )
+        self.act = SiluAndMul()
+        self.ff_out = RowParallelLinear(
+            config.mlp_hidden_size,
+            config.d_model,
+            bias=False,
+            quant_config=quant_config,
+            prefix=f"{prefix}.ff_out",
+        )
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+
+    def _rope(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        if not self.rope_full_precision or q.dtype == torch.float32:
+            return self.rotary_emb(positions, q, k)
+        # LLaDA rotates in fp32 (rope_full_precision) and casts back.
+        q32, k32 = self.rotary_emb(positions, q.float(), k.float())
+        return q32.to(q.dtype), k32.to(k.dtype)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden_states: torch.Tensor,
+        residual: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = hidden_states
+            x = self.attn_norm(hidden_states)
+        else:
+            x, residual = self.attn_norm(hidden_states, residual)
+        qkv, _ = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k = self._rope(positions, q, k)
+        x, _ = self.attn_out(self.attn(q, k, v))
+
+        x, residual = self.ff_norm(x, residual)
+        gate_up, _ = self.gate_up_proj(x)
+        x, _ = self.ff_out(self.act(gate_up))
+        return x, residual
+
+
+@support_torch_compile(
+    dynamic_arg_dims={
+        "input_ids": 0,
+        "positions": 0,
+        "inputs_embeds": 0,
+    }
+)
+class LLaDATransformer(nn.Module):
+    """``LLaDAModel.transformer``: embedding, blocks and final norm."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config: LLaDAConfig = vllm_config.model_config.hf_config
+        self.config = config
+        self.wte = VocabParallelEmbedding(
+            config.matrix_vocab_size,
+            config.d_model,
+            quant_config=vllm_config.quant_config,
+            prefix=f"{prefix}.wte",
+        )
+        self.blocks = nn.ModuleList(
+            LLaDABlock(config, vllm_config, prefix=f"{prefix}.blocks.{i}")
+            for i in range(config.n_layers)
+        )
+        self.ln_f = RMSNorm(config.d_model, eps=config.rms_norm_eps)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.wte(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden = inputs_embeds if inputs_embeds is not None else self.wte(input_ids)
+        residual = None
+        for block in self.blocks:
+            hidden, residual = block(positions, hidden, residual)
+        hidden, _ = self.ln_f(hidden, residual)
+        return hidden
+
+
+class _LLaDAModel(nn.Module):
+    """``LLaDAModelLM.model``: holds ``transformer`` to keep the HF names."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config: LLaDAConfig = vllm_config.model_config.hf_config
+        self.transformer = LLaDATransformer(
+            vllm_config=vllm_config, prefix=f"{prefix}.transformer"
+        )
+        if config.weight_tying:
+            self.transformer.ff_out = None
+        else:
+            self.transformer.ff_out = ParallelLMHead(
+                config.matrix_vocab_size,
+                config.d_model,
+                quant_config=vllm_config.quant_config,
+                prefix=f"{prefix}.transformer.ff_out",
+            )
+
+
+class LLaDAForMaskedDiffusion(nn.Module):
+    """vLLM model for ``LLaDAModelLM``, ``MMadaModelLM`` and ``DyninOmniModelLM``.
+
+    The forward pass is an ordinary paged-KV transformer forward with
+    bidirectional attention; the masked-denoising loop lives in the engine
+    (``dynin_vllm.engine``) and the diffusion core (``dynin_vllm.diffusion``).
+    """
+
+    #: Read by ``dynin_vllm.engine``: this model denoises masked canvases.
+    is_masked_diffusion = True
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        if not isinstance(config, LLaDAConfig):
+            raise TypeError(
+                f"{type(self).__name__} needs a dynin-vllm LLaDA config, got "
+                f"{type(config).__name__}; is the dynin-vllm plugin installed?"
+            )
+        config.check_supported()
+        self.config = config
+        self.model = _LLaDAModel(vllm_config=vllm_config, prefix="model")
+        # Matrices may be padded past vocab_size (embedding_size); logits are
+        # cut back to vocab_size.
+        self.logits_processor = LogitsProcessor(config.vocab_size)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        head = self.model.transformer.ff_out
+        return head if head is not None else self.model.transformer.wte
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.transformer.embed_input_ids(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.model.transformer(
+            input_ids, positions, intermediate_tensors, inputs_embeds
+        )
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.logits_processor(self.lm_head, hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Load HF-named tensors, checking names and full shapes against the layout.
+
+        Raises :class:`CheckpointLayoutError` naming every unknown, missing or
+        mis-shaped tensor.
+        """
+        expected = checkpoint_shapes(self.config)
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        seen: set[str] = set()
+        unknown: list[str] = []
+        misshaped: list[str] = []
+        for name, tensor in weights:
+            if name.startswith(IGNORED_PREFIXES):
+                logger.info("Skipping %s (not used for inference).", name)
+                continue
+            if name not in expected:
+                unknown.append(name)
+                continue
+            if tuple(tensor.shape) != expected[name]:
+                misshaped.append(
+                    f"{name}: checkpoint {tuple(tensor.shape)}, "
+                    f"expected {expected[name]}"
+                )
+                continue
+            seen.add(name)
+            loaded.add(self._load_one(params, name, tensor))
+        missing = sorted(set(expected) - seen)
+        problems = []
+        if unknown:
+            problems.append(f"unknown tensors: {', '.join(sorted(unknown))}")
+        if misshaped:
+            problems.append(f"tensors with the wrong shape: {'; '.join(misshaped)}")
+        if missing:
+            problems.append(f"missing tensors: {', '.join(missing)}")
+        if problems:
+            raise CheckpointLayoutError(
+                f"Checkpoint does not match the {self.config.model_type} layout of "
+                f"its config.json ({' | '.join(problems)})."
+            )
+        return loaded
+
+    @staticmethod
+    def _load_one(params: dict, name: str, tensor: torch.Tensor) -> str:
+        parts = name.split(".")
+        for ckpt_module, fused, shard in _STACKED:
+            if len(parts) >= 2 and parts[-2] == ckpt_module:
+                parts[-2] = fused
+                param_name = ".".join(parts)
+                param = params[param_name]
+                param.weight_loader(param, tensor, shard)
+                return param_name
+        param = params[name]
+        getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+        return name
+
+
+# The checkpoints' ``architectures`` strings all name this class.
+LLaDAModelLM = LLaDAForMaskedDiffusion
+MMadaModelLM = LLaDAForMaskedDiffusion
+DyninOmniModelLM = LLaDAForMaskedDiffusion
+
+__all__ = [
+    "PREFIX",
+    "CheckpointLayoutError",
+    "DyninOmniModelLM",
+    "LLaDAForMaskedDiffusion",
+    "LLaDAModelLM",
+    "MMadaModelLM",
+]

@@ -1,0 +1,108 @@
+"""Row scoring: turn canvas logits into a chosen id and its confidence.
+
+Plain-torch reference implementation. ``dynin_vllm.kernels.score_rows``
+dispatches between this and the Triton kernel with the same signature.
+
+For every row (one canvas position of one request):
+
+1. optional classifier-free guidance with a paired unconditional row,
+   ``u + (s+1)(c-u)`` (LLaDA) or ``(1+s)c - s*u`` (MaskGIT/MMaDA);
+2. optional allowed-id ranges: logits outside them are ``-inf``;
+3. the chosen id: plain argmax at temperature 0, else LLaDA's float64
+   Gumbel-max ``argmax(exp(l) / (-log u)**T)`` with counter-based uniforms;
+4. the confidence: the chosen id's float64 softmax probability under the
+   unperturbed (guided, restricted) distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dynin_vllm.diffusion import noise
+
+CFG_LLADA = "llada"
+CFG_MASKGIT = "maskgit"
+
+#: Rows scored at once; bounds the ``[rows, vocab]`` float64 temporaries.
+ROW_CHUNK = 16
+
+
+def guide(
+    cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor, formula: str
+) -> torch.Tensor:
+    """Classifier-free guidance of ``[n, V]`` logits with per-row ``scale``."""
+    s = scale.to(cond.dtype)[:, None]
+    if formula == CFG_LLADA:
+        return uncond + (s + 1) * (cond - uncond)
+    if formula == CFG_MASKGIT:
+        return (1 + s) * cond - s * uncond
+    raise ValueError(f"unknown cfg formula {formula!r}")
+
+
+def restrict(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Set logits outside each row's allowed ``[lo, hi)`` ranges to ``-inf``.
+
+    ``allowed`` is ``[n, R, 2]``; empty ranges (``lo == hi``) are padding.
+    """
+    vocab = torch.arange(logits.shape[-1], device=logits.device)
+    lo = allowed[..., 0:1]
+    hi = allowed[..., 1:2]
+    keep = ((vocab >= lo) & (vocab < hi)).any(dim=1)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def score_rows_torch(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    seed: torch.Tensor,
+    step: torch.Tensor,
+    position: torch.Tensor,
+    *,
+    uncond_logits: torch.Tensor | None = None,
+    cfg_scale: torch.Tensor | None = None,
+    cfg_formula: str = CFG_LLADA,
+    allowed: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score ``[N, V]`` logits rows; returns ``(ids [N] int64, conf [N] float64)``.
+
+    ``temperature``, ``seed``, ``step``, ``position`` and ``cfg_scale`` are per
+    row; rows with ``cfg_scale == 0`` ignore ``uncond_logits``.
+    """
+    num_rows = logits.shape[0]
+    ids = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
+    conf = torch.empty(num_rows, dtype=torch.float64, device=logits.device)
+    for start in range(0, num_rows, ROW_CHUNK):
+        rows = slice(start, min(start + ROW_CHUNK, num_rows))
+        chunk = logits[rows].to(torch.float64)
+        if uncond_logits is not None and cfg_scale is not None:
+            scale = cfg_scale[rows].to(torch.float64)
+            guided = guide(
+                chunk, uncond_logits[rows].to(torch.float64), scale, cfg_formula
+            )
+            chunk = torch.where((scale > 0)[:, None], guided, chunk)
+        if allowed is not None:
+            chunk = restrict(chunk, allowed[rows])
+        temp = temperature[rows].to(torch.float64)
+        chosen = chunk.argmax(dim=-1)
+        hot = temp > 0
+        if bool(hot.any()):
+            u = noise.uniform_rows(
+                seed[rows][hot],
+                noise.GUMBEL,
+                step[rows][hot],
+                position[rows][hot],
+                chunk.shape[-1],
+            )
+            perturbed = chunk[hot].exp() / (-torch.log(u)) ** temp[hot][:, None]
+            chosen[hot] = perturbed.argmax(dim=-1)
+        probs = torch.softmax(chunk, dim=-1)
+        ids[rows] = chosen
+        conf[rows] = probs.gather(-1, chosen[:, None]).squeeze(-1)
+    return ids, conf
+
+
+def random_confidence_torch(
+    seed: torch.Tensor, step: torch.Tensor, position: torch.Tensor
+) -> torch.Tensor:
+    """Confidences for ``remasking="random"``: one float64 uniform per row."""
+    return noise.uniform_rows(seed, noise.REMASK, step, position, 1)[:, 0]
