@@ -100,6 +100,12 @@ def configure_engine(vllm_config: Any) -> None:
 
     vllm_config.attention_config.use_non_causal = True
 
+    # Report denoising steps per request (vLLM's per-request speculative
+    # metrics: ``num_spec_steps`` is the number of denoising forwards).
+    observability = vllm_config.observability_config
+    if observability.per_request_spec_decode_metrics == "none":
+        observability.per_request_spec_decode_metrics = "summary"
+
     from dynin_vllm.engine.validation import set_limits
 
     set_limits(vocab_size=model_config.get_vocab_size(), max_model_len=max_model_len)

@@ -72,11 +72,28 @@ class DiffusionScheduler(Scheduler):
             params.extra_args = None
             parsed = parse_params(None, self._defaults)
         self._modes[req_id] = parsed.mode
-        if not parsed.uses_cfg:
-            return super().add_request(request)
-
-        cfg.mark_main(params, req_id)
+        if parsed.uses_cfg:
+            cfg.mark_main(params, req_id)
         super().add_request(request)
+        self._size_step_metrics(request)
+        if parsed.uses_cfg:
+            self._add_uncond_branch(request, parsed)
+
+    def _size_step_metrics(self, request: Any) -> None:
+        """Per-request step metrics, with a histogram no longer than the answer.
+
+        vLLM sizes it by the draft budget (the whole context for us). Indexed
+        by the tokens committed in a step, it needs one bin per answer slot.
+        """
+        if request.spec_decode_metrics is None:
+            return
+        room = self.max_model_len - request.num_prompt_tokens
+        bound = min(request.max_tokens, room) if request.max_tokens else room
+        request.spec_decode_metrics = vllm_private.request_step_metrics(max(bound, 1))
+
+    def _add_uncond_branch(self, request: Any, parsed: Any) -> None:
+        req_id = request.request_id
+        params = request.sampling_params
         branch_id = cfg.uncond_id(req_id)
         prompt = cfg.uncond_prompt(
             list(request.prompt_token_ids or ()),
@@ -97,6 +114,7 @@ class DiffusionScheduler(Scheduler):
         self._partner[branch_id] = req_id
         self._uncond.add(branch_id)
         super().add_request(branch)
+        self._size_step_metrics(branch)
 
     # --- scheduling --------------------------------------------------------
     def schedule(self, *args: Any, **kwargs: Any) -> Any:

@@ -158,3 +158,10 @@ def cpu_runner_class_as(runner_cls: type) -> Any:
             cpu_worker.CPUModelRunner = saved
 
     return swap()
+
+
+def request_step_metrics(num_bins: int) -> Any:
+    """vLLM's per-request speculative metrics, used to count denoising steps."""
+    from vllm.v1.metrics.stats import RequestSpecDecodeMetrics
+
+    return RequestSpecDecodeMetrics.new(num_bins)

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny real-layout checkpoints and vLLM engines on CPU.
+
+Checkpoints are written once per session with the project's own builder, so
+the production loader is what every engine test exercises. Engines take 15-30 s
+to start on CPU; test modules share one through module-scoped fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny checkpoint per preset (dynin, llada, mmada)."""
+    from dynin_vllm.testing.make_checkpoint import PRESETS, make_checkpoint
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {name: make_checkpoint(root / name, name) for name in PRESETS}
+
+
+@pytest.fixture(scope="session")
+def dynin_checkpoint(checkpoints: dict[str, Path]) -> Path:
+    return checkpoints["dynin"]
+
+
+@pytest.fixture(scope="session")
+def reference_model(dynin_checkpoint: Path):
+    from dynin_vllm.reference.model import ReferenceLLaDA
+
+    return ReferenceLLaDA.from_pretrained(dynin_checkpoint)
