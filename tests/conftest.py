@@ -35,3 +35,13 @@ def reference_model(dynin_checkpoint: Path):
     from dynin_vllm.reference.model import ReferenceLLaDA
 
     return ReferenceLLaDA.from_pretrained(dynin_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def dynin_llm(dynin_checkpoint: Path):
+    """One engine on the Dynin checkpoint, shared by the engine test modules."""
+    from tests.engine_utils import make_llm, shutdown
+
+    engine = make_llm(dynin_checkpoint, disable_log_stats=False)
+    yield engine
+    shutdown(engine)

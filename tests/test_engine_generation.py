@@ -13,7 +13,6 @@ import pytest
 
 from dynin_vllm.reference.sampler import generate as reference_generate
 from dynin_vllm.reference.sampler import truncate_at_eos
-from tests.engine_utils import make_llm, shutdown
 
 pytestmark = pytest.mark.engine
 
@@ -89,10 +88,8 @@ def _reference(model, config: dict, prompt: list[int]) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def llm(dynin_checkpoint):
-    engine = make_llm(dynin_checkpoint, disable_log_stats=False)
-    yield engine
-    shutdown(engine)
+def llm(dynin_llm):
+    return dynin_llm
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,9 @@ class DiffusionScheduler(Scheduler):
         self._modes: dict[str, str] = {}
         self._partner: dict[str, str] = {}  # both directions of each CFG pair
         self._uncond: set[str] = set()
+        # Prompt logprobs come from the prefill, which emits no token; vLLM
+        # reports them with a request's first output, so they wait here.
+        self._pending_prompt_logprobs: dict[str, Any] = {}
 
     # --- admission ---------------------------------------------------------
     def add_request(self, request: Any) -> None:
@@ -194,6 +197,7 @@ class DiffusionScheduler(Scheduler):
         self, scheduler_output: Any, model_runner_output: Any
     ) -> Any:
         emitted = self._emitted_counts(scheduler_output, model_runner_output)
+        self._defer_prompt_logprobs(model_runner_output, emitted)
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         drafts = scheduler_output.scheduled_spec_decode_tokens
         for req_id, num_emitted in emitted.items():
@@ -204,6 +208,19 @@ class DiffusionScheduler(Scheduler):
         self._finish_orphans()
         self._drop_uncond_outputs(outputs)
         return outputs
+
+    def _defer_prompt_logprobs(self, model_runner_output: Any, emitted: dict) -> None:
+        """Hold prompt logprobs of silent steps until the request emits."""
+        logprobs = model_runner_output.prompt_logprobs_dict
+        for req_id, num_emitted in emitted.items():
+            if not num_emitted and logprobs.get(req_id) is not None:
+                self._pending_prompt_logprobs[req_id] = logprobs.pop(req_id)
+            elif num_emitted and req_id in self._pending_prompt_logprobs:
+                logprobs[req_id] = self._pending_prompt_logprobs.pop(req_id)
+        for req_id in [
+            r for r in self._pending_prompt_logprobs if r not in self.requests
+        ]:
+            del self._pending_prompt_logprobs[req_id]
 
     @staticmethod
     def _emitted_counts(scheduler_output: Any, model_runner_output: Any) -> dict:

@@ -272,9 +272,9 @@ class LLaDAForMaskedDiffusion(nn.Module):
         expected = checkpoint_shapes(self.config)
         params = dict(self.named_parameters())
         loaded: set[str] = set()
-        seen: set[str] = set()
         unknown: list[str] = []
         misshaped: list[str] = []
+        present: set[str] = set()
         for name, tensor in weights:
             if name.startswith(IGNORED_PREFIXES):
                 logger.info("Skipping %s (not used for inference).", name)
@@ -282,15 +282,15 @@ class LLaDAForMaskedDiffusion(nn.Module):
             if name not in expected:
                 unknown.append(name)
                 continue
+            present.add(name)
             if tuple(tensor.shape) != expected[name]:
                 misshaped.append(
                     f"{name}: checkpoint {tuple(tensor.shape)}, "
                     f"expected {expected[name]}"
                 )
                 continue
-            seen.add(name)
             loaded.add(self._load_one(params, name, tensor))
-        missing = sorted(set(expected) - seen)
+        missing = sorted(set(expected) - present)
         problems = []
         if unknown:
             problems.append(f"unknown tensors: {', '.join(sorted(unknown))}")
