@@ -103,6 +103,14 @@ class DiffusionScheduler(Scheduler):
             list(parsed.uncond_prompt_token_ids or ()),
             self._mask_id,
         )
+        if not self._pair_fits(request, len(prompt)):
+            logger.error(
+                "Request %s: classifier-free guidance needs KV for two sequences "
+                "and they cannot both fit in this engine's KV cache; failing it.",
+                req_id,
+            )
+            vllm_private.fail_request_next_step(self, req_id)
+            return
         branch = type(request)(
             request_id=branch_id,
             prompt_token_ids=prompt,
@@ -118,6 +126,20 @@ class DiffusionScheduler(Scheduler):
         self._uncond.add(branch_id)
         super().add_request(branch)
         self._size_step_metrics(branch)
+
+    def _pair_fits(self, request: Any, uncond_prompt_len: int) -> bool:
+        """Whether a CFG request and its branch fit the KV cache together."""
+        room = self.max_model_len - request.num_prompt_tokens
+        answer = min(request.max_tokens, room) if request.max_tokens else room
+        pool = self.kv_cache_manager.block_pool
+        usable = pool.num_gpu_blocks - 1  # one block is vLLM's null block
+
+        def blocks(num_tokens: int) -> int:
+            return -(-num_tokens // self.block_size)
+
+        need = blocks(request.num_prompt_tokens + answer)
+        need += blocks(uncond_prompt_len + answer)
+        return need <= usable
 
     # --- scheduling --------------------------------------------------------
     def schedule(self, *args: Any, **kwargs: Any) -> Any:

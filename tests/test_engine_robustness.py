@@ -1,0 +1,118 @@
+"""Preemption under KV pressure and aborts mid-denoise behave as in vLLM."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynin_vllm.reference.sampler import generate as reference_generate
+from tests.engine_utils import make_llm, shutdown
+
+pytestmark = pytest.mark.engine
+
+SEED = 5
+
+
+def _requests():
+    """Requests whose KV grows past the tiny cache once their canvas arrives."""
+    base = [126080, *range(300, 319)]  # 20 tokens
+    modes = ["prefix", "exact", "prefix", "exact", "prefix", "prefix"]
+    extras = [{}, {}, {"threshold": 0.3}, {"steps": 20}, {"cfg_scale": 1.0}, {}]
+    for i, (mode, extra) in enumerate(zip(modes, extras, strict=True)):
+        prompt = [*base[:-1], 400 + i]
+        config = {"mode": mode, "block_length": 8, "steps": 48, **extra}
+        yield f"req{i}", prompt, config
+
+
+def _params(config: dict):
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        max_tokens=48,
+        temperature=0,
+        ignore_eos=True,
+        extra_args={**config, "seed": SEED},
+    )
+
+
+def _params_with(max_tokens: int, **extra):
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=max_tokens, temperature=0, extra_args=extra)
+
+
+def _metric(llm, name: str) -> float:
+    return sum(getattr(m, "value", 0.0) for m in llm.get_metrics() if m.name == name)
+
+
+def test_small_kv_cache_preempts_and_gives_the_same_outputs(
+    dynin_checkpoint, reference_model
+):
+    # 7 blocks of 32 tokens, one of them vLLM's null block: two grown requests
+    # (or one CFG pair) fill the cache; six requests are queued.
+    llm = make_llm(
+        dynin_checkpoint,
+        max_model_len=128,
+        block_size=32,
+        num_gpu_blocks_override=7,
+        disable_log_stats=False,
+    )
+    try:
+        cases = list(_requests())
+        outputs = llm.generate(
+            [{"prompt_token_ids": prompt} for _, prompt, _ in cases],
+            [_params(config) for _, _, config in cases],
+            use_tqdm=False,
+        )
+        assert _metric(llm, "vllm:num_preemptions") > 0
+        # A CFG pair that can never fit the cache fails instead of spinning.
+        too_big = llm.generate(
+            [{"prompt_token_ids": cases[0][1]}],
+            _params_with(max_tokens=100, cfg_scale=1.0),
+            use_tqdm=False,
+        )[0]
+        healthy = llm.generate(
+            [{"prompt_token_ids": cases[0][1]}], _params(cases[0][2]), use_tqdm=False
+        )[0]
+    finally:
+        shutdown(llm)
+    for (name, prompt, config), out in zip(cases, outputs, strict=True):
+        want = reference_generate(
+            reference_model,
+            prompt,
+            gen_length=48,
+            seed=SEED,
+            **{k: v for k, v in config.items()},
+        ).answer
+        assert list(out.outputs[0].token_ids) == want, name
+    assert too_big.outputs[0].finish_reason == "error"
+    assert list(healthy.outputs[0].token_ids) == list(outputs[0].outputs[0].token_ids)
+
+
+def test_abort_mid_denoise_frees_the_kv_cache(dynin_llm):
+    from vllm import SamplingParams
+
+    engine = dynin_llm.llm_engine
+    assert _metric(dynin_llm, "vllm:kv_cache_usage_perc") == 0
+    for req_id, extra in (("long", {}), ("guided", {"cfg_scale": 2.0})):
+        engine.add_request(
+            req_id,
+            {"prompt_token_ids": [126080, *range(10, 60)]},
+            SamplingParams(
+                max_tokens=128,
+                temperature=0,
+                extra_args={"block_length": 64, "steps": 128, **extra},
+            ),
+        )
+    for _ in range(4):
+        assert not any(out.finished for out in engine.step())
+    assert _metric(dynin_llm, "vllm:kv_cache_usage_perc") > 0
+    engine.abort_request(["long", "guided"])
+    # A short request afterwards: its final step reports the usage left over.
+    done = dynin_llm.generate(
+        [{"prompt_token_ids": [126080, 1, 2]}],
+        SamplingParams(max_tokens=4, temperature=0),
+        use_tqdm=False,
+    )
+    assert done[0].finished
+    assert not engine.has_unfinished_requests()
+    assert _metric(dynin_llm, "vllm:kv_cache_usage_perc") == 0
