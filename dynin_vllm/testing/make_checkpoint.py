@@ -98,6 +98,8 @@ def build_config(preset: str, **sizes: int) -> dict[str, Any]:
             "pad_token_id": 126081,
             "mask_token_id": 126336,
             "torch_dtype": "bfloat16",
+            # The real LLaDA config.json was written by transformers 4.46.3.
+            "transformers_version": "4.46.3",
         }
     )
     cfg["mlp_ratio"] = max(1, cfg["mlp_hidden_size"] // cfg["d_model"])

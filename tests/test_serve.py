@@ -1,0 +1,222 @@
+"""``vllm serve <tiny checkpoint>`` over real HTTP on loopback.
+
+The server is started with no model-specific flags (only the CPU KV
+reservation), as a user would. Answers are checked against the reference
+sampler, decoded with the checkpoint's tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from dynin_vllm.reference.sampler import generate as reference_generate
+from dynin_vllm.reference.sampler import truncate_at_eos
+
+pytestmark = pytest.mark.server
+
+EOS = 126081
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(dynin_checkpoint: Path, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    vllm = Path(sys.executable).with_name("vllm")
+    command = [
+        str(vllm),
+        "serve",
+        str(dynin_checkpoint),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--gpu-memory-utilization",
+        "0.3",
+        "--max-model-len",
+        "512",
+        "--dtype",
+        "float32",
+    ]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy()
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vllm serve exited:\n{log.read_text()[-5000:]}")
+            try:
+                if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vllm serve not ready:\n{log.read_text()[-5000:]}")
+            time.sleep(1)
+        yield base, str(dynin_checkpoint)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(dynin_checkpoint):
+    from transformers import AutoTokenizer
+
+    import dynin_vllm
+
+    dynin_vllm.register()
+    return AutoTokenizer.from_pretrained(str(dynin_checkpoint))
+
+
+def _expected_text(tokenizer, reference_model, prompt_ids, **kwargs) -> str:
+    answer = reference_generate(reference_model, prompt_ids, **kwargs).answer
+    return tokenizer.decode(truncate_at_eos(answer, {EOS}), skip_special_tokens=True)
+
+
+def _sse(response: requests.Response) -> list[dict]:
+    events = []
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("data: ") and line != "data: [DONE]":
+            events.append(json.loads(line[len("data: ") :]))
+    return events
+
+
+COMPLETION = {
+    "prompt": "The capital of France is",
+    "max_tokens": 12,
+    "temperature": 0,
+    "vllm_xargs": {"block_length": 4, "steps": 12},
+}
+
+
+def test_completion_matches_reference(server, tokenizer, reference_model):
+    base, model = server
+    response = requests.post(
+        f"{base}/v1/completions", json={"model": model, **COMPLETION}, timeout=120
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    prompt_ids = tokenizer(COMPLETION["prompt"]).input_ids
+    expected = _expected_text(
+        tokenizer,
+        reference_model,
+        prompt_ids,
+        gen_length=12,
+        block_length=4,
+        steps=12,
+        mode="prefix",
+    )
+    choice = body["choices"][0]
+    assert choice["text"] == expected
+    assert body["usage"]["prompt_tokens"] == len(prompt_ids)
+    assert choice["finish_reason"] in ("length", "stop")
+    steps = body["metrics"]["speculative_decoding"]["num_spec_steps"]
+    assert steps == 12  # one token per step
+
+
+def test_completion_streams_one_chunk_per_committed_block(server):
+    base, model = server
+    plain = requests.post(
+        f"{base}/v1/completions", json={"model": model, **COMPLETION}, timeout=120
+    ).json()
+    with requests.post(
+        f"{base}/v1/completions",
+        json={"model": model, **COMPLETION, "stream": True},
+        stream=True,
+        timeout=120,
+    ) as response:
+        assert response.status_code == 200
+        events = _sse(response)
+    texts = [e["choices"][0]["text"] for e in events if e["choices"]]
+    assert "".join(texts) == plain["choices"][0]["text"]
+    num_tokens = plain["usage"]["completion_tokens"]
+    num_blocks = -(-num_tokens // 4)
+    assert len([t for t in texts if t]) == num_blocks
+
+
+def test_chat_completion_matches_reference(server, tokenizer, reference_model):
+    base, model = server
+    messages = [{"role": "user", "content": "Name a color."}]
+    request = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": 16,
+        "temperature": 0,
+        "chat_template_kwargs": {"enable_thinking": True},
+        "vllm_xargs": {"block_length": 8, "threshold": 0.3, "mode": "exact"},
+    }
+    # vLLM renders the template to text, then tokenizes it without adding
+    # special tokens (the template writes BOS itself).
+    text = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False, enable_thinking=True
+    )
+    assert text.startswith("<|startoftext|><|start_header_id|>user")
+    assert text.endswith(
+        "Name a color.\n/think<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n"
+    )
+    prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
+    expected = _expected_text(
+        tokenizer,
+        reference_model,
+        prompt_ids,
+        gen_length=16,
+        block_length=8,
+        threshold=0.3,
+        mode="exact",
+    )
+    body = requests.post(f"{base}/v1/chat/completions", json=request, timeout=120)
+    assert body.status_code == 200, body.text
+    assert body.json()["choices"][0]["message"]["content"] == expected
+
+    with requests.post(
+        f"{base}/v1/chat/completions",
+        json={**request, "stream": True},
+        stream=True,
+        timeout=120,
+    ) as response:
+        events = _sse(response)
+    streamed = "".join(
+        e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]
+    )
+    assert streamed == expected
+
+
+def test_bad_parameter_gets_400_naming_it_and_server_keeps_serving(server):
+    base, model = server
+    bad = {**COMPLETION, "vllm_xargs": {"block_length": 4, "remasking": "entropy"}}
+    response = requests.post(
+        f"{base}/v1/completions", json={"model": model, **bad}, timeout=60
+    )
+    assert response.status_code == 400
+    assert "remasking" in response.text
+    unknown = {**COMPLETION, "vllm_xargs": {"block_size": 4}}
+    response = requests.post(
+        f"{base}/v1/completions", json={"model": model, **unknown}, timeout=60
+    )
+    assert response.status_code == 400
+    assert "block_size" in response.text
+    ok = requests.post(
+        f"{base}/v1/completions", json={"model": model, **COMPLETION}, timeout=120
+    )
+    assert ok.status_code == 200
