@@ -1,0 +1,154 @@
+"""The runner-agnostic diffusion core: parameters, state and the batched step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynin_vllm.diffusion.denoiser import Denoiser, DraftSpan
+from dynin_vllm.diffusion.params import (
+    BUILTIN_DEFAULTS,
+    DiffusionParamError,
+    parse_params,
+    unknown_params,
+)
+
+MASK = 126336
+VOCAB = 126400
+
+
+def test_parameters_merge_request_over_checkpoint_over_builtin():
+    params = parse_params(
+        {"steps": 4}, {"block_length": 16, "mode": "exact", "steps": 99}, seed=3
+    )
+    assert params.block_length == 16  # checkpoint default
+    assert params.mode == "exact"
+    assert params.steps == 4  # the request wins
+    assert params.remasking == BUILTIN_DEFAULTS["remasking"]
+    assert params.seed == 3
+    assert parse_params({"seed": 5}, seed=3).seed == 5
+
+
+@pytest.mark.parametrize(
+    ("extra", "name"),
+    [
+        ({"block_length": 0}, "block_length"),
+        ({"block_length": 2.5}, "block_length"),
+        ({"steps": True}, "steps"),
+        ({"threshold": 0}, "threshold"),
+        ({"threshold": 0.5, "factor": 1.0}, "factor"),
+        ({"cfg_scale": float("nan")}, "cfg_scale"),
+        ({"mode": "EXACT"}, "mode"),
+        ({"canvas": []}, "canvas"),
+        ({"canvas": [1, "a"]}, "canvas"),
+        ({"uncond_prompt_token_ids": [VOCAB]}, "uncond_prompt_token_ids"),
+    ],
+)
+def test_invalid_parameters_name_themselves(extra, name):
+    with pytest.raises(DiffusionParamError) as err:
+        parse_params(extra, vocab_size=VOCAB)
+    assert err.value.parameter == name
+    assert name in str(err.value)
+
+
+def test_unknown_parameters_are_reported_but_vllm_keys_are_not():
+    assert unknown_params({"block_len": 1, "kv_transfer_params": {}}) == ["block_len"]
+
+
+def _logits(rows: int, favourite: list[int], strength: list[float]) -> torch.Tensor:
+    """Logits whose argmax is ``favourite[i]`` with a margin ``strength[i]``."""
+    logits = torch.zeros(rows, VOCAB)
+    for i, (tok, s) in enumerate(zip(favourite, strength, strict=True)):
+        logits[i, tok] = s
+    return logits
+
+
+def test_step_commits_most_confident_and_emits_whole_blocks():
+    den = Denoiser(MASK, VOCAB)
+    # answer of 4, block of 2, 1 token per step, greedy.
+    den.add_request(
+        "a", answer_len=4, temperature=0, seed=0, extra_args={"block_length": 2}
+    )
+    assert den.drafts("a") == [MASK] * 4  # prefix mode: the whole answer
+    plan = den.plan([DraftSpan("a", first_row=10, num_rows=4)])
+    assert plan.logits_rows.tolist() == [10, 11]  # only the current block
+    out = den.step(plan, _logits(2, [7, 8], [1.0, 5.0]))
+    assert out == {"a": []}  # one of two committed: nothing emitted yet
+    assert den.drafts("a") == [MASK, 8, MASK, MASK]
+    out = den.step(den.plan([DraftSpan("a", 0, 4)]), _logits(2, [9, 1], [3.0, 3.0]))
+    assert out == {"a": [9, 8]}  # position 1 stays committed
+    assert den.drafts("a") == [MASK, MASK]
+
+
+def test_block_mode_forwards_only_the_current_block():
+    den = Denoiser(MASK, VOCAB)
+    den.add_request(
+        "b",
+        answer_len=5,
+        temperature=0,
+        seed=0,
+        extra_args={"block_length": 3, "mode": "block", "threshold": 0.01},
+    )
+    assert den.drafts("b") == [MASK] * 3
+    out = den.step(den.plan([DraftSpan("b", 0, 3)]), _logits(3, [4, 5, 6], [9.0] * 3))
+    assert out == {"b": [4, 5, 6]}
+    assert den.drafts("b") == [MASK] * 2  # the short last block
+
+
+def test_fixed_canvas_blocks_are_emitted_without_a_step():
+    den = Denoiser(MASK, VOCAB)
+    canvas = [1, 2, MASK, MASK]
+    den.add_request(
+        "c",
+        answer_len=4,
+        temperature=0,
+        seed=0,
+        extra_args={"block_length": 2, "canvas": canvas},
+    )
+    assert den.restart("c") == [1, 2]  # the all-fixed first block
+    assert den.drafts("c") == [MASK, MASK]
+
+
+def test_cfg_request_waits_for_its_unconditional_branch():
+    den = Denoiser(MASK, VOCAB)
+    den.add_request(
+        "m",
+        answer_len=2,
+        temperature=0,
+        seed=0,
+        extra_args={"block_length": 2, "cfg_scale": 1.0},
+        cfg_partner="m::u",
+    )
+    main = den.states["m"]
+    den.add_request(
+        "m::u",
+        answer_len=2,
+        temperature=0,
+        seed=0,
+        extra_args=None,
+        params=main.params,
+        cfg_partner="m",
+        is_uncond=True,
+    )
+    assert den.drafts("m::u") == den.drafts("m")
+    assert den.plan([DraftSpan("m", 0, 2)]).states == []  # branch missing
+    plan = den.plan([DraftSpan("m", 0, 2), DraftSpan("m::u", 5, 2)])
+    assert plan.logits_rows.tolist() == [0, 1, 5, 6]
+    cond = _logits(2, [3, 3], [2.0, 2.0])
+    uncond = _logits(2, [3, 4], [2.0, 4.0])
+    # guided = u + 2(c - u): row 0 favours 3 (2), row 1 favours 3 (4) over 4 (-4)
+    out = den.step(plan, torch.cat([cond, uncond]))
+    assert set(out) == {"m", "m::u"}
+    assert den.drafts("m") in ([3, MASK], [MASK, 3])
+
+
+def test_restart_forgets_the_current_block_progress():
+    den = Denoiser(MASK, VOCAB)
+    den.add_request(
+        "r", answer_len=4, temperature=0, seed=0, extra_args={"block_length": 4}
+    )
+    den.step(den.plan([DraftSpan("r", 0, 4)]), _logits(4, [1, 2, 3, 4], [1, 2, 3, 4]))
+    assert den.drafts("r") != [MASK] * 4
+    den.restart("r")
+    assert den.drafts("r") == [MASK] * 4
+    assert den.states["r"].schedule == [1, 1, 1, 1]
