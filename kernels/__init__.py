@@ -1,8 +1,9 @@
 """Denoising-step kernels, installed as ``dynin_vllm.kernels``.
 
-Each operation has a plain-torch reference (``scoring.py``, ``selection.py``)
-and, where written, a Triton kernel with the same signature. The functions
-here dispatch: Triton on CUDA, torch elsewhere.
+Each operation has a plain-torch reference (``scoring.py``, ``selection.py``,
+``maskgit.py``) and, where written, a Triton kernel with the same signature
+(``triton_ops.py``). The functions here dispatch: Triton on CUDA, torch
+elsewhere.
 
 ``DYNIN_VLLM_KERNELS`` overrides the choice: ``torch`` forces the references
 (debugging), ``triton`` forces the kernels (with ``TRITON_INTERPRET=1`` they
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .maskgit import maskgit_commit_torch
 from .scoring import random_confidence_torch, score_rows_torch
 from .selection import commit_torch
 
@@ -42,24 +44,35 @@ def use_triton(device: torch.device) -> bool:
     return device.type == "cuda" and _triton_module("triton_ops") is not None
 
 
+def _kernels() -> Any:
+    ops = _triton_module("triton_ops")
+    if ops is None:
+        raise RuntimeError(f"{ENV}=triton but the Triton kernels are unavailable")
+    return ops
+
+
 def score_rows(logits: torch.Tensor, *args: Any, **kwargs: Any):
-    """Chosen ids and confidences of canvas rows (see ``scoring.score_rows_torch``)."""
+    """Chosen ids and confidences of canvas rows (see ``scoring.score_rows_torch``).
+
+    The Triton kernel returns float32 confidences, the reference float64.
+    """
     if use_triton(logits.device):
-        ops = _triton_module("triton_ops")
-        if ops is None:
-            raise RuntimeError(f"{ENV}=triton but the Triton kernels are unavailable")
-        return ops.score_rows_triton(logits, *args, **kwargs)
+        return _kernels().score_rows_triton(logits, *args, **kwargs)
     return score_rows_torch(logits, *args, **kwargs)
 
 
 def commit(canvas: torch.Tensor, *args: Any, **kwargs: Any):
     """Select and commit positions in place (see ``selection.commit_torch``)."""
     if use_triton(canvas.device):
-        ops = _triton_module("triton_ops")
-        if ops is None:
-            raise RuntimeError(f"{ENV}=triton but the Triton kernels are unavailable")
-        return ops.commit_triton(canvas, *args, **kwargs)
+        return _kernels().commit_triton(canvas, *args, **kwargs)
     return commit_torch(canvas, *args, **kwargs)
+
+
+def maskgit_commit(canvas: torch.Tensor, *args: Any, **kwargs: Any):
+    """One MaskGIT re-masking step in place (see ``maskgit.maskgit_commit_torch``)."""
+    if use_triton(canvas.device):
+        return _kernels().maskgit_commit_triton(canvas, *args, **kwargs)
+    return maskgit_commit_torch(canvas, *args, **kwargs)
 
 
 def random_confidence(seed: torch.Tensor, step: torch.Tensor, position: torch.Tensor):
@@ -67,4 +80,4 @@ def random_confidence(seed: torch.Tensor, step: torch.Tensor, position: torch.Te
     return random_confidence_torch(seed, step, position)
 
 
-__all__ = ["commit", "random_confidence", "score_rows", "use_triton"]
+__all__ = ["commit", "maskgit_commit", "random_confidence", "score_rows", "use_triton"]

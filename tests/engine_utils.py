@@ -29,3 +29,32 @@ def shutdown(llm) -> None:
     core = getattr(engine, "engine_core", None)
     if core is not None:
         core.shutdown()
+
+
+class StatsRecorder:
+    """Records one engine's scheduler statistics as its front end receives them.
+
+    Reading vLLM's Prometheus gauges would mix engines: several engines in one
+    process share one metrics registry.
+    """
+
+    def __init__(self, llm) -> None:
+        manager = llm.llm_engine.logger_manager
+        if manager is None:
+            raise ValueError("start the engine with disable_log_stats=False")
+        self.kv_cache_usage: list[float] = []
+        self.preemptions = 0
+        record = manager.record
+
+        def recording(scheduler_stats, iteration_stats, *args, **kwargs):
+            if scheduler_stats is not None:
+                self.kv_cache_usage.append(scheduler_stats.kv_cache_usage)
+            if iteration_stats is not None:
+                self.preemptions += iteration_stats.num_preempted_reqs
+            return record(scheduler_stats, iteration_stats, *args, **kwargs)
+
+        manager.record = recording
+        self._restore = lambda: setattr(manager, "record", record)
+
+    def close(self) -> None:
+        self._restore()

@@ -149,3 +149,17 @@ def test_checkpoints_are_deterministic(tmp_path):
     shard = "model-00001-of-00002.safetensors"
     assert (a / shard).read_bytes() == (b / shard).read_bytes()
     assert (a / shard).read_bytes() != (c / shard).read_bytes()
+
+
+def test_llada_template_keeps_the_blank_line_after_headers():
+    tok = build_tokenizer(126349, header_newlines=2)
+    text = tok.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert text == (
+        "<|startoftext|><|start_header_id|>system<|end_header_id|>\n\nBe brief."
+        "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )

@@ -75,7 +75,9 @@ def test_step_commits_most_confident_and_emits_whole_blocks():
     out = den.step(plan, _logits(2, [7, 8], [1.0, 5.0]))
     assert out == {"a": []}  # one of two committed: nothing emitted yet
     assert den.drafts("a") == [MASK, 8, MASK, MASK]
-    out = den.step(den.plan([DraftSpan("a", 0, 4)]), _logits(2, [9, 1], [3.0, 3.0]))
+    plan = den.plan([DraftSpan("a", 0, 4)])
+    assert plan.logits_rows.tolist() == [0]  # committed positions need no logits
+    out = den.step(plan, _logits(1, [9], [3.0]))
     assert out == {"a": [9, 8]}  # position 1 stays committed
     assert den.drafts("a") == [MASK, MASK]
 

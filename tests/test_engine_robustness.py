@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dynin_vllm.reference.sampler import generate as reference_generate
-from tests.engine_utils import make_llm, shutdown
+from tests.engine_utils import StatsRecorder, make_llm, shutdown
 
 pytestmark = pytest.mark.engine
 
@@ -40,10 +40,6 @@ def _params_with(max_tokens: int, **extra):
     return SamplingParams(max_tokens=max_tokens, temperature=0, extra_args=extra)
 
 
-def _metric(llm, name: str) -> float:
-    return sum(getattr(m, "value", 0.0) for m in llm.get_metrics() if m.name == name)
-
-
 def test_small_kv_cache_preempts_and_gives_the_same_outputs(
     dynin_checkpoint, reference_model
 ):
@@ -56,6 +52,7 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
         num_gpu_blocks_override=7,
         disable_log_stats=False,
     )
+    stats = StatsRecorder(llm)
     try:
         cases = list(_requests())
         outputs = llm.generate(
@@ -63,7 +60,7 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
             [_params(config) for _, _, config in cases],
             use_tqdm=False,
         )
-        assert _metric(llm, "vllm:num_preemptions") > 0
+        assert stats.preemptions > 0
         # A CFG pair that can never fit the cache fails instead of spinning.
         too_big = llm.generate(
             [{"prompt_token_ids": cases[0][1]}],
@@ -92,27 +89,30 @@ def test_abort_mid_denoise_frees_the_kv_cache(dynin_llm):
     from vllm import SamplingParams
 
     engine = dynin_llm.llm_engine
-    assert _metric(dynin_llm, "vllm:kv_cache_usage_perc") == 0
-    for req_id, extra in (("long", {}), ("guided", {"cfg_scale": 2.0})):
-        engine.add_request(
-            req_id,
-            {"prompt_token_ids": [126080, *range(10, 60)]},
-            SamplingParams(
-                max_tokens=128,
-                temperature=0,
-                extra_args={"block_length": 64, "steps": 128, **extra},
-            ),
+    stats = StatsRecorder(dynin_llm)
+    try:
+        for req_id, extra in (("long", {}), ("guided", {"cfg_scale": 2.0})):
+            engine.add_request(
+                req_id,
+                {"prompt_token_ids": [126080, *range(10, 60)]},
+                SamplingParams(
+                    max_tokens=128,
+                    temperature=0,
+                    extra_args={"block_length": 64, "steps": 128, **extra},
+                ),
+            )
+        for _ in range(4):
+            assert not any(out.finished for out in engine.step())
+        assert stats.kv_cache_usage[-1] > 0
+        engine.abort_request(["long", "guided"])
+        # A short request afterwards: its last step reports the usage left over.
+        done = dynin_llm.generate(
+            [{"prompt_token_ids": [126080, 1, 2]}],
+            SamplingParams(max_tokens=4, temperature=0),
+            use_tqdm=False,
         )
-    for _ in range(4):
-        assert not any(out.finished for out in engine.step())
-    assert _metric(dynin_llm, "vllm:kv_cache_usage_perc") > 0
-    engine.abort_request(["long", "guided"])
-    # A short request afterwards: its final step reports the usage left over.
-    done = dynin_llm.generate(
-        [{"prompt_token_ids": [126080, 1, 2]}],
-        SamplingParams(max_tokens=4, temperature=0),
-        use_tqdm=False,
-    )
-    assert done[0].finished
-    assert not engine.has_unfinished_requests()
-    assert _metric(dynin_llm, "vllm:kv_cache_usage_perc") == 0
+        assert done[0].finished
+        assert not engine.has_unfinished_requests()
+        assert stats.kv_cache_usage[-1] == 0
+    finally:
+        stats.close()

@@ -128,7 +128,8 @@ class Denoiser:
 
     # --- one step ----------------------------------------------------------
     def plan(self, spans: Sequence[DraftSpan]) -> StepPlan:
-        """Choose the logits rows: each updated request's current block.
+        """Choose the logits rows: the still-masked positions of each updated
+        request's current block (committed positions never need logits).
 
         A request is updated when its canvas was forwarded, and, for CFG, its
         unconditional branch was forwarded in the same step.
@@ -138,7 +139,7 @@ class Denoiser:
         uncond_ids: list[str | None] = []
         cond_starts: list[int] = []
         uncond_starts: list[int] = []
-        sizes: list[int] = []
+        offsets: list[torch.Tensor] = []
         for span in spans:
             state = self.states.get(span.req_id)
             if state is None or state.is_uncond or state.finished:
@@ -153,12 +154,11 @@ class Denoiser:
             uncond_ids.append(state.cfg_partner)
             cond_starts.append(span.first_row)
             uncond_starts.append(partner.first_row if partner else -1)
-            sizes.append(size)
+            offsets.append(state.masked_offsets())
 
-        size_t = torch.tensor(sizes, dtype=torch.int64)
-        row_slot = torch.repeat_interleave(torch.arange(len(sizes)), size_t)
-        first = torch.repeat_interleave(torch.cumsum(size_t, 0) - size_t, size_t)
-        row_offset = torch.arange(int(size_t.sum())) - first
+        counts = torch.tensor([o.numel() for o in offsets], dtype=torch.int64)
+        row_slot = torch.repeat_interleave(torch.arange(len(offsets)), counts)
+        row_offset = torch.cat(offsets) if offsets else torch.zeros(0, dtype=torch.int64)
         cond_rows = torch.tensor(cond_starts, dtype=torch.int64)[row_slot] + row_offset
         num_cond = cond_rows.numel()
         uncond_row_index = None

@@ -67,6 +67,11 @@ class RequestState:
         start, end = self.block_bounds
         return int((self.answer[start:end] == self.mask_id).sum())
 
+    def masked_offsets(self) -> torch.Tensor:
+        """Block-relative positions still holding the mask id."""
+        start, end = self.block_bounds
+        return (self.answer[start:end] == self.mask_id).nonzero().flatten()
+
     def _start_block(self) -> None:
         self.step = 0
         if self.params.dynamic_steps:

@@ -39,30 +39,11 @@ def llada_special_tokens() -> list[str]:
     return tokens
 
 
-#: Chat templates. LLaDA's own puts a blank line after the header; MMaDA's and
-#: Dynin-Omni's demos use a single newline. ``enable_thinking`` (passed as a
-#: chat-template kwarg) appends Dynin's ``/think`` or ``/no_think`` switch to
-#: the last user turn, as its evaluation harness does.
-_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' + NL }}"
-    "{{ message['content'] | trim }}"
-    "{% if loop.last and message['role'] == 'user' and enable_thinking is defined %}"
-    "{{ '\\n/think' if enable_thinking else '\\n/no_think' }}"
-    "{% endif %}"
-    "{{ '<|eot_id|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "{{ '<|start_header_id|>assistant<|end_header_id|>' + NL }}"
-    "{% endif %}"
-)
-
-
 def chat_template(header_newlines: int) -> str:
-    """The chat template with ``header_newlines`` newlines after each header."""
-    newline = "'" + "\\n" * header_newlines + "'"
-    return _TEMPLATE.replace("NL", newline)
+    """The shipped chat template: Dynin/MMaDA (1 newline) or LLaDA (2)."""
+    from dynin_vllm.serving.chat_templates import load
+
+    return load({1: "dynin", 2: "llada"}[header_newlines])
 
 
 def build_tokenizer(length: int, header_newlines: int = 1) -> PreTrainedTokenizerFast:
