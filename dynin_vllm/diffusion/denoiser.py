@@ -158,7 +158,9 @@ class Denoiser:
 
         counts = torch.tensor([o.numel() for o in offsets], dtype=torch.int64)
         row_slot = torch.repeat_interleave(torch.arange(len(offsets)), counts)
-        row_offset = torch.cat(offsets) if offsets else torch.zeros(0, dtype=torch.int64)
+        row_offset = (
+            torch.cat(offsets) if offsets else torch.zeros(0, dtype=torch.int64)
+        )
         cond_rows = torch.tensor(cond_starts, dtype=torch.int64)[row_slot] + row_offset
         num_cond = cond_rows.numel()
         uncond_row_index = None
