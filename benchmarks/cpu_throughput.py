@@ -79,14 +79,16 @@ def count_parameters(sizes: dict, vocab: int) -> dict:
     return {"body": body, "embedding": vocab * d, "lm_head": vocab * d}
 
 
-def build_checkpoints(cache: Path) -> tuple[Path, Path]:
+def build_checkpoints(
+    cache: Path, sizes: dict = SIZES, tag: str = "bench"
+) -> tuple[Path, Path]:
     """The Dynin checkpoint (project tool) and a Llama one with the same shapes."""
     from dynin_vllm.testing.make_checkpoint import make_checkpoint
 
-    dynin = cache / "dynin-bench"
+    dynin = cache / f"dynin-{tag}"
     if not (dynin / "model.safetensors.index.json").exists():
-        make_checkpoint(dynin, "dynin", seed=0, **SIZES)
-    llama = cache / "llama-bench"
+        make_checkpoint(dynin, "dynin", seed=0, **sizes)
+    llama = cache / f"llama-{tag}"
     if not (llama / "config.json").exists():
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -94,13 +96,13 @@ def build_checkpoints(cache: Path) -> tuple[Path, Path]:
         from dynin_vllm.testing.tokenizer import save_tokenizer
 
         config = LlamaConfig(
-            hidden_size=SIZES["d_model"],
-            intermediate_size=SIZES["mlp_hidden_size"],
-            num_hidden_layers=SIZES["n_layers"],
-            num_attention_heads=SIZES["n_heads"],
-            num_key_value_heads=SIZES["n_kv_heads"],
+            hidden_size=sizes["d_model"],
+            intermediate_size=sizes["mlp_hidden_size"],
+            num_hidden_layers=sizes["n_layers"],
+            num_attention_heads=sizes["n_heads"],
+            num_key_value_heads=sizes["n_kv_heads"],
             vocab_size=138752,
-            max_position_embeddings=SIZES["max_sequence_length"],
+            max_position_embeddings=sizes["max_sequence_length"],
             rope_theta=500000.0,
             rms_norm_eps=1e-5,
             tie_word_embeddings=False,

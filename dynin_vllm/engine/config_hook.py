@@ -15,6 +15,7 @@ sets up the masked-diffusion engine:
   function of its token prefix) and no chunked prefill (a chunked prompt would
   become block-causal across chunks);
 - bidirectional attention backends;
+- piecewise CUDA graphs (V1's full graphs assume uniform decode batches);
 - request-parameter validation in the front end (clear 400 errors).
 """
 
@@ -99,6 +100,14 @@ def configure_engine(vllm_config: Any) -> None:
     )
 
     vllm_config.attention_config.use_non_causal = True
+
+    # Full CUDA graphs of V1 capture uniform decode batches of 1 + draft-budget
+    # tokens; canvases never form those, so capture piecewise graphs only.
+    compilation = vllm_config.compilation_config
+    if compilation.cudagraph_mode is None:
+        from vllm.config import CUDAGraphMode
+
+        compilation.cudagraph_mode = CUDAGraphMode.PIECEWISE
 
     # Report denoising steps per request (vLLM's per-request speculative
     # metrics: ``num_spec_steps`` is the number of denoising forwards).
