@@ -398,11 +398,41 @@ def table(rows: list[dict], machine: str) -> str:
     return "\n".join(lines)
 
 
-def write_readme_table(text: str) -> None:
-    readme = ROOT / "README.md"
-    begin, end = "<!-- cpu-table:begin -->", "<!-- cpu-table:end -->"
+def headline(result: dict) -> str:
+    """The top-level README's summary: ratios at batch 1 and 32."""
+    r = result["ratios"]
+    lines = [
+        f"CPU ({result['machine']}), width-{result['sizes']['d_model']} model with "
+        "the real vocabulary, greedy; from `benchmarks/results/cpu_throughput.json`"
+        " (`python benchmarks/cpu_throughput.py`):",
+        "",
+        "| dynin-vllm setting | vs AR, batch 1 | vs AR, batch 32 | vs HF-reference, "
+        "batch 1 | vs HF-reference, batch 32 |",
+        "|---|---|---|---|---|",
+    ]
+    for mode in ("prefix", "block", "exact"):
+        for setting in ("1 tok/step", "4 tok/step", "threshold 0.9"):
+            cells = [
+                r.get(f"dynin/{base} {mode} {setting} b{b}")
+                for base, b in (("AR", 1), ("AR", 32), ("HF", 1), ("HF", 32))
+            ]
+            if None in cells:
+                continue
+            lines.append(
+                f"| `{mode}`, {setting} | "
+                + " | ".join(f"{c:.2f}x" for c in cells)
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def write_between(readme: Path, marker: str, text: str) -> None:
+    """Replace the text between ``<!-- marker:begin/end -->`` in ``readme``."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     content = readme.read_text()
-    head, _, rest = content.partition(begin)
+    head, found, rest = content.partition(begin)
+    if not found:
+        raise ValueError(f"{readme} has no {begin} marker")
     _, _, tail = rest.partition(end)
     readme.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
@@ -414,7 +444,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu_throughput.json")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument(
+        "--from-json", action="store_true", help="only redraw plot and tables"
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        publish(json.loads(args.out.read_text()), args.out, readme=True)
+        return
 
     args.cache.mkdir(parents=True, exist_ok=True)
     dynin, llama = build_checkpoints(args.cache)
@@ -445,10 +481,16 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    plot(rows, args.out.with_suffix(".png"))
-    text = table(rows, machine)
-    if not args.no_readme and not args.quick:
-        write_readme_table(text)
+    publish(result, args.out, readme=not args.no_readme and not args.quick)
+
+
+def publish(result: dict, out: Path, readme: bool) -> None:
+    """Plot beside the JSON; tables into the READMEs."""
+    plot(result["rows"], out.with_suffix(".png"))
+    text = table(result["rows"], result["machine"])
+    if readme:
+        write_between(ROOT / "README.md", "cpu-table", text)
+        write_between(ROOT.parent / "README.md", "headline", headline(result))
     print(text)
     print(json.dumps(result["ratios"], indent=1))
 

@@ -62,11 +62,14 @@ def measure(model: Path, params, diffusion: bool, eager: bool) -> dict:
     from vllm import LLM
 
     t0 = time.perf_counter()
+    # With stats on, the engine core reports every step (not only those that
+    # emit tokens), so the front end's step count is the number of forwards.
     llm = LLM(
         model=str(model),
         gpu_memory_utilization=0.3,
         max_model_len=1024,
         enforce_eager=eager,
+        disable_log_stats=False,
     )
     result = {"engine_start_s": time.perf_counter() - t0, "runs": []}
     llm.generate([{"prompt_token_ids": [126080] * PROMPT}], params, use_tqdm=False)

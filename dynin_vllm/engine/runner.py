@@ -22,24 +22,10 @@ import torch
 from vllm.logger import init_logger
 
 from dynin_vllm.diffusion.denoiser import Denoiser, DraftSpan, StepPlan
-from dynin_vllm.diffusion.params import BUILTIN_DEFAULTS
 from dynin_vllm.engine import cfg, vllm_private
+from dynin_vllm.engine.defaults import answer_length, generation_defaults
 
 logger = init_logger(__name__)
-
-
-def generation_defaults(model_config: Any) -> dict[str, Any]:
-    """Diffusion defaults from ``generation_config.json`` and overrides."""
-    config = dict(model_config.try_get_generation_config() or {})
-    config.update(model_config.override_generation_config or {})
-    return {k: v for k, v in config.items() if k in BUILTIN_DEFAULTS and v is not None}
-
-
-def answer_length(sampling_params: Any, prompt_len: int, max_model_len: int) -> int:
-    """Answer slots of a request: ``max_tokens`` capped by the context length."""
-    room = max_model_len - prompt_len
-    max_tokens = sampling_params.max_tokens
-    return room if max_tokens is None else max(1, min(max_tokens, room))
 
 
 class DiffusionRunnerMixin:
@@ -77,7 +63,9 @@ class DiffusionRunnerMixin:
         role = cfg.branch_role(params)
         if role is cfg.UNCOND:
             main_id = cfg.partner_of(params)
-            main = self.denoiser.states[main_id]
+            main = self.denoiser.states.get(main_id)
+            if main is None:  # its request already ended; the branch will too
+                return
             self.denoiser.add_request(
                 req_id,
                 answer_len=main.answer_len,

@@ -31,7 +31,7 @@ from vllm.logger import init_logger
 
 from dynin_vllm.diffusion.params import DiffusionParamError, parse_params
 from dynin_vllm.engine import cfg, vllm_private
-from dynin_vllm.engine.runner import generation_defaults
+from dynin_vllm.engine.defaults import answer_length, generation_defaults
 
 logger = init_logger(__name__)
 
@@ -90,9 +90,13 @@ class DiffusionScheduler(Scheduler):
         """
         if request.spec_decode_metrics is None:
             return
-        room = self.max_model_len - request.num_prompt_tokens
-        bound = min(request.max_tokens, room) if request.max_tokens else room
-        request.spec_decode_metrics = vllm_private.request_step_metrics(max(bound, 1))
+        bound = self._answer_len(request)
+        request.spec_decode_metrics = vllm_private.request_step_metrics(bound)
+
+    def _answer_len(self, request: Any) -> int:
+        return answer_length(
+            request.sampling_params, request.num_prompt_tokens, self.max_model_len
+        )
 
     def _add_uncond_branch(self, request: Any, parsed: Any) -> None:
         req_id = request.request_id
@@ -129,8 +133,7 @@ class DiffusionScheduler(Scheduler):
 
     def _pair_fits(self, request: Any, uncond_prompt_len: int) -> bool:
         """Whether a CFG request and its branch fit the KV cache together."""
-        room = self.max_model_len - request.num_prompt_tokens
-        answer = min(request.max_tokens, room) if request.max_tokens else room
+        answer = self._answer_len(request)
         pool = self.kv_cache_manager.block_pool
         usable = pool.num_gpu_blocks - 1  # one block is vLLM's null block
 
@@ -144,56 +147,55 @@ class DiffusionScheduler(Scheduler):
     # --- scheduling --------------------------------------------------------
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         self._split_broken_pairs()
-        hidden = self._hide_unschedulable()
+        original = list(self.running)
+        hidden = self._unschedulable(original)
+        if hidden:
+            self.running = [r for r in original if id(r) not in hidden]
         try:
             return super().schedule(*args, **kwargs)
         finally:
             if hidden:
-                keep = {id(r) for r in hidden}
-                current = [r for r in self.running if id(r) not in keep]
-                self.running = self._restore_order(hidden, current)
+                self.running = self._restore(original, hidden)
 
     def _need(self, request: Any) -> int:
         return request.num_tokens_with_spec - request.num_computed_tokens
 
-    def _hide_unschedulable(self) -> list[Any]:
-        """Drop from ``self.running`` (for this step) requests that cannot run
-        whole: a canvas that does not fit the token budget, or one half of a
-        CFG pair whose other half is not running."""
+    def _unschedulable(self, running: list[Any]) -> set[int]:
+        """Running requests (by ``id``) that cannot run whole this step: a
+        canvas over the token budget, or half of a CFG pair whose other half
+        is not running. They sit this step out."""
         budget = self.max_num_scheduled_tokens
-        running_ids = {r.request_id for r in self.running}
-        hidden: list[Any] = []
+        running_ids = {r.request_id for r in running}
+        hidden: set[int] = set()
         seen: set[str] = set()
-        self._original_order = list(self.running)
-        for request in self.running:
+        for request in running:
             req_id = request.request_id
             if req_id in seen:
                 continue
-            partner_id = self._partner.get(req_id)
             group = [request]
+            partner_id = self._partner.get(req_id)
             if partner_id is not None:
-                partner = self.requests.get(partner_id)
-                if partner is None or partner_id not in running_ids:
-                    hidden.append(request)
+                if partner_id not in running_ids:
+                    hidden.add(id(request))
                     continue
-                group.append(partner)
+                group.append(self.requests[partner_id])
                 seen.add(partner_id)
             need = sum(self._need(r) for r in group)
             if need > budget:
-                hidden.extend(group)
-                continue
-            budget -= need
-        if hidden:
-            ids = {id(r) for r in hidden}
-            self.running = [r for r in self.running if id(r) not in ids]
+                hidden.update(id(r) for r in group)
+            else:
+                budget -= need
         return hidden
 
-    def _restore_order(self, hidden: list[Any], current: list[Any]) -> list[Any]:
-        """Put hidden requests back, keeping the original relative order."""
-        present = {id(r) for r in current} | {id(r) for r in hidden}
-        ordered = [r for r in self._original_order if id(r) in present]
-        newcomers = [r for r in current if id(r) not in {id(o) for o in ordered}]
-        return ordered + newcomers
+    def _restore(self, original: list[Any], hidden: set[int]) -> list[Any]:
+        """``self.running`` with the hidden requests back in their places.
+
+        Requests the step preempted stay out; requests it admitted follow.
+        """
+        still_running = {id(r) for r in self.running}
+        kept = [r for r in original if id(r) in hidden or id(r) in still_running]
+        in_kept = {id(r) for r in kept}
+        return kept + [r for r in self.running if id(r) not in in_kept]
 
     def _split_broken_pairs(self) -> None:
         """A CFG request running without its branch (or the reverse) cannot
