@@ -17,7 +17,9 @@ of the same invocation):
 
 at batch sizes 1, 8 and 32, and reports output tokens/s, time to the first
 committed block, time per committed block, forwards per output token and peak
-worker memory. It then profiles one denoising batch (``profile_step.py``).
+worker memory. It then profiles one denoising batch (``profile_step.py``) and
+runs vLLM's own ``vllm bench serve`` against ``vllm serve`` for both models
+(``serve_bench.py``).
 Results: ``benchmarks/results/cpu_throughput.json``, a plot next to it, and the
 table in ``benchmarks/README.md`` (between the generated-table markers).
 """
@@ -398,6 +400,24 @@ def table(rows: list[dict], machine: str) -> str:
     return "\n".join(lines)
 
 
+def serving_table(serving: dict) -> str:
+    """vLLM's own serving benchmark, as a small table."""
+    lines = [
+        f"Serving, measured by `{serving['tool']}` against `vllm serve` on loopback; "
+        f"dynin-vllm with `--extra-body '{json.dumps(serving['dynin_settings'])}'`:",
+        "",
+        "| server | output tok/s | requests/s | mean TTFT (ms) | mean TPOT (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("dynin-vllm", "AR"):
+        r = serving[name]
+        lines.append(
+            f"| {name} | {r['output_throughput']:.1f} | {r['request_throughput']:.2f}"
+            f" | {r['mean_ttft_ms']:.0f} | {r['mean_tpot_ms']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def headline(result: dict) -> str:
     """The top-level README's summary: ratios at batch 1 and 32."""
     r = result["ratios"]
@@ -443,6 +463,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache")
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu_throughput.json")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--no-serve", action="store_true", help="skip the vllm bench serve runs"
+    )
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument(
         "--from-json", action="store_true", help="only redraw plot and tables"
@@ -467,6 +490,15 @@ def main(argv: list[str] | None = None) -> None:
             check=True,
         )
         profile = json.loads(proc.stdout.strip().splitlines()[-1])
+    serving = None
+    if not args.no_serve:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "serve_bench.py"), str(dynin), str(llama)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        serving = json.loads(proc.stdout.strip().splitlines()[-1])
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     result = {
         "machine": machine,
@@ -478,6 +510,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "ratios": ratios(rows),
         "profile": profile,
+        "serving": serving,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
@@ -488,6 +521,8 @@ def publish(result: dict, out: Path, readme: bool) -> None:
     """Plot beside the JSON; tables into the READMEs."""
     plot(result["rows"], out.with_suffix(".png"))
     text = table(result["rows"], result["machine"])
+    if result.get("serving"):
+        text += "\n\n" + serving_table(result["serving"])
     if readme:
         write_between(ROOT / "README.md", "cpu-table", text)
         write_between(ROOT.parent / "README.md", "headline", headline(result))

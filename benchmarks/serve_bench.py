@@ -1,0 +1,161 @@
+"""Serving throughput with vLLM's own ``vllm bench serve``, dynin-vllm vs AR.
+
+    python benchmarks/serve_bench.py DYNIN_CHECKPOINT LLAMA_CHECKPOINT
+
+Starts ``vllm serve`` on loopback for each checkpoint in turn and runs
+``vllm bench serve`` (random dataset: 32 prompts of 64 tokens, 64 output
+tokens, ``ignore_eos``, all sent at once) against it; the denoising settings
+reach the server through ``--extra-body`` as ``vllm_xargs``. Prints one JSON
+line with vLLM's own metrics (request and output throughput, TTFT, TPOT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+DIFFUSION = {"vllm_xargs": {"mode": "prefix", "block_length": 16, "steps": 16}}
+KEYS = (
+    "request_throughput",
+    "output_throughput",
+    "mean_ttft_ms",
+    "median_ttft_ms",
+    "mean_tpot_ms",
+    "duration",
+    "completed",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve(model: str, port: int, log: Path) -> subprocess.Popen:
+    command = [
+        str(BIN / "vllm"),
+        "serve",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--gpu-memory-utilization",
+        "0.3",
+        "--max-model-len",
+        "512",
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+    ]
+    with log.open("w") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_ready(port: int, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"vllm serve exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(1)
+    raise SystemExit("vllm serve not ready")
+
+
+def bench(model: str, port: int, extra: dict | None, out_dir: Path) -> dict:
+    name = "result.json"
+    command = [
+        str(BIN / "vllm"),
+        "bench",
+        "serve",
+        "--backend",
+        "vllm",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        "64",
+        "--random-output-len",
+        "64",
+        "--num-prompts",
+        "32",
+        "--ignore-eos",
+        "--temperature",
+        "0",
+        "--save-result",
+        "--result-dir",
+        str(out_dir),
+        "--result-filename",
+        name,
+    ]
+    if extra:
+        command += ["--extra-body", json.dumps(extra)]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    result = json.loads((out_dir / name).read_text())
+    return {k: result.get(k) for k in KEYS}
+
+
+def run(model: str, extra: dict | None) -> dict:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "server.log"
+        proc = serve(model, port, log)
+        try:
+            wait_ready(port, proc, log)
+            return bench(model, port, extra, Path(tmp))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            time.sleep(2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dynin")
+    parser.add_argument("llama")
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    dynin = run(args.dynin, DIFFUSION)
+    ar = run(args.llama, None)
+    ratio = (
+        dynin["output_throughput"] / ar["output_throughput"]
+        if dynin["output_throughput"] and ar["output_throughput"]
+        else None
+    )
+    print(
+        json.dumps(
+            {
+                "tool": "vllm bench serve (random, 32 x 64 -> 64, ignore_eos)",
+                "dynin_settings": DIFFUSION,
+                "dynin-vllm": dynin,
+                "AR": ar,
+                "output_throughput_ratio": ratio,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
