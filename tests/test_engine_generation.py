@@ -162,6 +162,32 @@ def test_text_ends_at_the_first_eos(llm, reference_model):
     assert out.finish_reason == "stop"
 
 
+def test_a_canvas_is_the_whole_answer(llm, reference_model):
+    """max_tokens beyond the supplied canvas: the answer ends with the canvas."""
+    from vllm import SamplingParams
+
+    canvas = [MASK, 500, MASK, MASK, 501, MASK]
+    config = dict(max_tokens=6, block_length=4, steps=4, canvas=canvas, mode="exact")
+    want = _reference(reference_model, config, PROMPTS[0])
+    for cfg_scale in (0.0, 1.0):
+        extra = {"block_length": 4, "steps": 4, "canvas": canvas, "mode": "exact"}
+        out = llm.generate(
+            [{"prompt_token_ids": PROMPTS[0]}],
+            SamplingParams(
+                max_tokens=40,
+                temperature=0,
+                ignore_eos=True,
+                extra_args={**extra, "cfg_scale": cfg_scale},
+            ),
+            use_tqdm=False,
+        )[0].outputs[0]
+        assert len(out.token_ids) == 6
+        assert out.finish_reason == "length"
+        if not cfg_scale:
+            assert list(out.token_ids) == want
+        assert [out.token_ids[1], out.token_ids[4]] == [500, 501]
+
+
 def test_denoising_steps_are_reported_per_request(llm, reference_model):
     config = dict(max_tokens=16, block_length=8, steps=6, mode="exact")
     ref = reference_generate(

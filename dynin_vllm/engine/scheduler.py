@@ -75,6 +75,9 @@ class DiffusionScheduler(Scheduler):
             params.extra_args = None
             parsed = parse_params(None, self._defaults)
         self._modes[req_id] = parsed.mode
+        if parsed.canvas is not None:
+            # The canvas is the whole answer: finish ("length") when it is done.
+            request.max_tokens = min(request.max_tokens, len(parsed.canvas))
         if parsed.uses_cfg:
             cfg.mark_main(params, req_id)
         super().add_request(request)
@@ -124,6 +127,7 @@ class DiffusionScheduler(Scheduler):
             arrival_time=request.arrival_time,
             priority=request.priority,
         )
+        branch.max_tokens = request.max_tokens
         self._modes[branch_id] = parsed.mode
         self._partner[req_id] = branch_id
         self._partner[branch_id] = req_id

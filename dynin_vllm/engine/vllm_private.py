@@ -7,6 +7,14 @@ the installed runner and scheduler and fails when a signature listed in
 :data:`RUNNER_SIGNATURES` or :data:`SCHEDULER_SIGNATURES` changes, so an
 upgrade breaks loudly in CI instead of silently in production.
 
+Besides the overridden methods, the subclasses read these V1 internals:
+scheduler ``running``, ``requests``, ``max_num_scheduled_tokens``,
+``max_model_len``, ``block_size``, ``kv_cache_manager.block_pool``,
+``_preempt_request``, ``grammar_compile_error_reqs`` and the
+``num_sampled_tokens_per_step`` rollback rule; runner ``input_batch.req_ids``,
+``requests``, ``device``, ``max_model_len`` and the ``_prepare_inputs`` return
+layout; ``CPUWorker.init_device`` building ``cpu_worker.CPUModelRunner``.
+
 Public alternatives do not exist for these seams in the V1 engine:
 
 - ``_CONFIG_REGISTRY`` (HF config registration without remote code);
