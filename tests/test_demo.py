@@ -1,0 +1,66 @@
+"""The README's main job and offline example, run as a user would."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_demo_prints_requests_and_answers_one(dynin_checkpoint):
+    port = _free_port()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dynin_vllm.demo.serve",
+            str(dynin_checkpoint),
+            "--port",
+            str(port),
+            "--once",
+            "--",
+            "--enforce-eager",
+            "--max-model-len",
+            "512",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert f"curl -s http://127.0.0.1:{port}/v1/completions" in out
+    assert f"curl -s http://127.0.0.1:{port}/v1/chat/completions" in out
+    assert "Example completion: '" in out
+
+
+def test_offline_example_reports_steps(dynin_checkpoint):
+    result = subprocess.run(
+        [sys.executable, "-m", "dynin_vllm.demo.offline", str(dynin_checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if " tokens in " in line]
+    assert len(lines) == 4  # two conversations x two settings
+    assert all(line.endswith("steps") for line in lines)
+
+
+def test_tiny_checkpoint_is_built_once(tmp_path):
+    from dynin_vllm.demo.serve import ensure_tiny_checkpoint
+
+    path = ensure_tiny_checkpoint(tmp_path / "tiny")
+    stamp = (path / "config.json").stat().st_mtime_ns
+    assert ensure_tiny_checkpoint(path) == path
+    assert (path / "config.json").stat().st_mtime_ns == stamp
