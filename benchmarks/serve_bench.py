@@ -19,9 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from dynin_vllm.demo.serve import serve_command, wait_ready
 
 BIN = Path(sys.executable).parent
 DIFFUSION = {"vllm_xargs": {"mode": "prefix", "block_length": 16, "steps": 16}}
@@ -43,37 +43,13 @@ def free_port() -> int:
 
 
 def serve(model: str, port: int, log: Path) -> subprocess.Popen:
-    command = [
-        str(BIN / "vllm"),
-        "serve",
-        model,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--gpu-memory-utilization",
-        "0.3",
-        "--max-model-len",
-        "512",
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-    ]
+    extra = ["--max-model-len", "512", "--dtype", "float32", "--enforce-eager"]
     with log.open("w") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_ready(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"vllm serve exited:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(1)
-    raise SystemExit("vllm serve not ready")
+        return subprocess.Popen(
+            serve_command(model, port=port, extra=extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def bench(model: str, port: int, extra: dict | None, out_dir: Path) -> dict:
@@ -120,7 +96,7 @@ def run(model: str, extra: dict | None) -> dict:
         log = Path(tmp) / "server.log"
         proc = serve(model, port, log)
         try:
-            wait_ready(port, proc, log)
+            wait_ready(f"http://127.0.0.1:{port}", proc, log=log)
             return bench(model, port, extra, Path(tmp))
         finally:
             proc.terminate()

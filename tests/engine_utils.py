@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 #: Engine arguments for this 2-core CPU box (the CPU KV reservation needs a
@@ -58,3 +59,10 @@ class StatsRecorder:
 
     def close(self) -> None:
         self._restore()
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

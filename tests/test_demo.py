@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from tests.engine_utils import free_port
+
 pytestmark = pytest.mark.server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_serve_demo_prints_requests_and_answers_one(dynin_checkpoint):
-    port = _free_port()
+    port = free_port()
     result = subprocess.run(
         [
             sys.executable,

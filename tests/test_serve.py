@@ -9,67 +9,38 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from dynin_vllm.demo.serve import serve_command, wait_ready
 from dynin_vllm.reference.sampler import generate as reference_generate
 from dynin_vllm.reference.sampler import truncate_at_eos
+from tests.engine_utils import free_port
 
 pytestmark = pytest.mark.server
 
 EOS = 126081
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(dynin_checkpoint: Path, tmp_path_factory):
-    port = _free_port()
+    """``vllm serve`` with no model flags (the CPU KV fraction is implied)."""
+    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    vllm = Path(sys.executable).with_name("vllm")
-    command = [
-        str(vllm),
-        "serve",
-        str(dynin_checkpoint),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--gpu-memory-utilization",
-        "0.3",
-        "--max-model-len",
-        "512",
-        "--dtype",
-        "float32",
-    ]
+    extra = ["--max-model-len", "512", "--dtype", "float32"]
     with log.open("w") as out:
         proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy()
+            serve_command(str(dynin_checkpoint), port=port, extra=extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited:\n{log.read_text()[-5000:]}")
-            try:
-                if requests.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve not ready:\n{log.read_text()[-5000:]}")
-            time.sleep(1)
+        wait_ready(base, proc, log=log)
         yield base, str(dynin_checkpoint)
     finally:
         proc.terminate()

@@ -41,33 +41,60 @@ def on_cpu() -> bool:
     return shutil.which("nvidia-smi") is None
 
 
+#: The example completion request (``model`` is filled in).
+EXAMPLE_COMPLETION = {
+    "prompt": "The capital of France is",
+    "max_tokens": 32,
+    "temperature": 0,
+    "vllm_xargs": {"block_length": 16, "steps": 16},
+}
+EXAMPLE_CHAT = {
+    "messages": [{"role": "user", "content": "Say hello."}],
+    "max_tokens": 32,
+    "temperature": 0,
+}
+
+
 def example_requests(base: str, model: str) -> str:
-    completion = {
-        "model": model,
-        "prompt": "The capital of France is",
-        "max_tokens": 32,
-        "temperature": 0,
-        "vllm_xargs": {"block_length": 16, "steps": 16},
-    }
-    chat = {
-        "model": model,
-        "messages": [{"role": "user", "content": "Say hello."}],
-        "max_tokens": 32,
-        "temperature": 0,
-    }
-    return (
-        f"curl -s {base}/v1/completions -H 'Content-Type: application/json' "
-        f"-d '{json.dumps(completion)}'\n\n"
-        f"curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' "
-        f"-d '{json.dumps(chat)}'"
-    )
+    """Ready-to-paste ``curl`` commands for the completion and chat endpoints."""
+    lines = []
+    for path, body in (
+        ("completions", EXAMPLE_COMPLETION),
+        ("chat/completions", EXAMPLE_CHAT),
+    ):
+        payload = json.dumps({"model": model, **body})
+        lines.append(
+            f"curl -s {base}/v1/{path} -H 'Content-Type: application/json' "
+            f"-d '{payload}'"
+        )
+    return "\n\n".join(lines)
 
 
-def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+def serve_command(
+    model: str, host: str = "127.0.0.1", port: int = 8000, extra: list[str] = ()
+) -> list[str]:
+    """The ``vllm serve`` command line (the venv's ``vllm`` when there is one)."""
+    vllm = Path(sys.executable).with_name("vllm")
+    command = [str(vllm) if vllm.exists() else "vllm", "serve", model]
+    command += ["--host", host, "--port", str(port)]
+    if on_cpu() and "--gpu-memory-utilization" not in extra:
+        # On CPU this fraction sizes the KV cache reservation.
+        command += ["--gpu-memory-utilization", "0.3"]
+    return command + [a for a in extra if a != "--"]
+
+
+def wait_ready(
+    base: str, proc: subprocess.Popen, timeout: float = 600, log: Path | None = None
+) -> None:
+    """Wait until ``base/health`` answers; fail if the server exits or stalls."""
+
+    def tail() -> str:
+        return f":\n{log.read_text()[-5000:]}" if log is not None else ""
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"vllm serve exited with code {proc.returncode}")
+            raise RuntimeError(f"vllm serve exited with code {proc.returncode}{tail()}")
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=2) as resp:
                 if resp.status == 200:
@@ -75,19 +102,12 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 600) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(1)
-    raise SystemExit(f"vllm serve was not ready after {timeout:.0f} s")
+    raise RuntimeError(f"vllm serve was not ready after {timeout:.0f} s{tail()}")
 
 
 def send_example(base: str, model: str) -> str:
-    body = json.dumps(
-        {
-            "model": model,
-            "prompt": "The capital of France is",
-            "max_tokens": 32,
-            "temperature": 0,
-            "vllm_xargs": {"block_length": 16, "steps": 16},
-        }
-    ).encode()
+    """Send the example completion; return its text."""
+    body = json.dumps({"model": model, **EXAMPLE_COMPLETION}).encode()
     request = urllib.request.Request(
         f"{base}/v1/completions", body, {"Content-Type": "application/json"}
     )
@@ -105,14 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args, extra = parser.parse_known_args(argv)
     model = args.model or str(ensure_tiny_checkpoint())
-    command = ["vllm", "serve", model, "--host", args.host, "--port", str(args.port)]
-    if on_cpu() and "--gpu-memory-utilization" not in extra:
-        # On CPU this fraction sizes the KV cache reservation.
-        command += ["--gpu-memory-utilization", "0.3"]
-    command += [a for a in extra if a != "--"]
-    vllm = Path(sys.executable).with_name("vllm")
-    if vllm.exists():
-        command[0] = str(vllm)
+    command = serve_command(model, args.host, args.port, extra)
     print("Starting:", " ".join(command), flush=True)
     proc = subprocess.Popen(command, env=os.environ.copy())
     base = f"http://{args.host}:{args.port}"
@@ -127,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         return proc.wait()
     except KeyboardInterrupt:
         return 0
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
