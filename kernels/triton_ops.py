@@ -697,6 +697,18 @@ def _count_tile(
 
 
 @triton.jit
+def _count_editable(edit_row, W, BLOCK_I: tl.constexpr):
+    """Editable (still-masked) positions of one canvas row."""
+    lane = tl.arange(0, BLOCK_I)
+    count = 0
+    for i0 in range(0, W, BLOCK_I):
+        offs = i0 + lane
+        e = tl.load(edit_row + offs, mask=offs < W, other=0) != 0
+        count += tl.sum(e.to(tl.int32), axis=0)
+    return count
+
+
+@triton.jit
 def _commit_kernel(
     canvas_ptr,
     cand_ptr,
@@ -720,11 +732,7 @@ def _commit_kernel(
     edit_row = edit_ptr + row * stride_edit
     lane = tl.arange(0, BLOCK_I)
 
-    num_editable = 0
-    for i0 in range(0, W, BLOCK_I):
-        offs = i0 + lane
-        e = tl.load(edit_row + offs, mask=offs < W, other=0) != 0
-        num_editable += tl.sum(e.to(tl.int32), axis=0)
+    num_editable = _count_editable(edit_row, W, BLOCK_I)
 
     threshold = tl.load(thr_ptr + row).to(tl.float64)
     factor = tl.load(fac_ptr + row).to(tl.float64)
@@ -768,6 +776,14 @@ def _rows_major(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _commit_results(canvas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed per-request commit counts and done flags (all done if empty)."""
+    rows = canvas.shape[0]
+    num_committed = torch.zeros(rows, dtype=torch.int64, device=canvas.device)
+    done = torch.ones(rows, dtype=torch.bool, device=canvas.device)
+    return num_committed, done
+
+
 def commit_triton(
     canvas: torch.Tensor,
     candidates: torch.Tensor,
@@ -782,10 +798,9 @@ def commit_triton(
     Writes ``canvas`` (int64 ``[R, W]``) in place; one program per request
     ranks its positions pairwise (``O(W**2)``, exact ties by position).
     """
+    num_committed, done = _commit_results(canvas)
     rows, width = canvas.shape
     device = canvas.device
-    num_committed = torch.zeros(rows, dtype=torch.int64, device=device)
-    done = torch.ones(rows, dtype=torch.bool, device=device)
     if rows == 0 or width == 0:
         return num_committed, done
     target = canvas if canvas.stride(-1) == 1 else canvas.contiguous()
@@ -873,11 +888,7 @@ def _maskgit_commit_kernel(
     conf_row = conf_ptr + row * W
     edit_row = edit_ptr + row * stride_edit
     lane = tl.arange(0, BLOCK_I)
-    num_editable = 0
-    for i0 in range(0, W, BLOCK_I):
-        offs = i0 + lane
-        e = tl.load(edit_row + offs, mask=offs < W, other=0) != 0
-        num_editable += tl.sum(e.to(tl.int32), axis=0)
+    num_editable = _count_editable(edit_row, W, BLOCK_I)
     mask_len = tl.load(len_ptr + row).to(tl.int32)
     keep_masked = tl.maximum(1, tl.minimum(num_editable - 1, mask_len))
     commit_all = mask_len <= 0
@@ -945,10 +956,9 @@ def maskgit_commit_triton(
     position: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton ``maskgit.maskgit_commit_torch``: same arguments and results."""
+    num_committed, done = _commit_results(canvas)
     rows, width = canvas.shape
     device = canvas.device
-    num_committed = torch.zeros(rows, dtype=torch.int64, device=device)
-    done = torch.ones(rows, dtype=torch.bool, device=device)
     if rows == 0 or width == 0:
         return num_committed, done
     conf = maskgit_confidence_triton(
