@@ -1,9 +1,4 @@
-"""Packaging for dynin-vllm, a vLLM plugin for masked-diffusion LLMs.
-
-The top-level ``kernels/`` folder installs as ``dynin_vllm.kernels``: the bare
-import name ``kernels`` belongs to Hugging Face's ``kernels`` package, which
-transformers probes for.
-"""
+"""Packaging for dynin-vllm, a vLLM plugin for masked-diffusion LLMs."""
 
 from pathlib import Path
 
@@ -32,7 +27,6 @@ TEST = ["pytest>=8", "ruff>=0.6", "requests"]
 BENCH = ["matplotlib"]
 
 packages = find_packages(include=["dynin_vllm", "dynin_vllm.*"])
-packages.append("dynin_vllm.kernels")
 
 setup(
     name="dynin-vllm",
@@ -45,7 +39,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=packages,
-    package_dir={"dynin_vllm.kernels": "kernels"},
     package_data={"dynin_vllm": ["serving/templates/*.jinja"]},
     install_requires=CORE,
     extras_require={

@@ -21,9 +21,10 @@ Usage (one H100/H200, a few minutes; vLLM need not be installed)::
    bandwidth; plus commit and MaskGIT commit. Slow references are skipped
    (and the skip recorded) when their predicted time exceeds ``--max-ref-s``.
 
-Only torch, triton, the repository's ``kernels/`` folder and
-``dynin_vllm/diffusion/noise.py`` are imported (by path, without the
-package's ``__init__``); the script checks that vLLM was not imported.
+Only torch, triton and ``dynin_vllm.kernels`` are imported (the installed
+package, or the repository root on ``PYTHONPATH`` on a machine without an
+install; ``import dynin_vllm`` imports nothing heavy); the script checks that
+vLLM was not imported.
 """
 
 from __future__ import annotations
@@ -53,17 +54,14 @@ if DRY_RUN:
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from repo_modules import load_repo_modules  # noqa: E402
-
-M = load_repo_modules()
-ops, scoring, selection, maskgit, noise = (
-    M["triton_ops"],
-    M["scoring"],
-    M["selection"],
-    M["maskgit"],
-    M["noise"],
+from dynin_vllm.kernels import (  # noqa: E402
+    maskgit,
+    noise,
+    scoring,
+    selection,
 )
+from dynin_vllm.kernels import triton_ops as ops  # noqa: E402
+
 VLLM_IMPORTED = any(n == "vllm" or n.startswith("vllm.") for n in sys.modules)
 
 VOCAB_FULL = 138_752

@@ -113,11 +113,8 @@ def load_scorer(device: torch.device):
         best = logits.float().max(dim=-1)
         return best.indices, torch.exp(best.values - lse)
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from repo_modules import load_repo_modules
-
-        triton_ops = load_repo_modules()["triton_ops"]
+        from dynin_vllm.kernels import triton_ops
 
         def triton_score(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             n = logits.shape[0]

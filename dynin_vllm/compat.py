@@ -1,7 +1,7 @@
 """The vLLM versions this plugin was checked against, and the guard for them.
 
 The engine integration reaches into private vLLM APIs (see
-``dynin_vllm/engine/vllm_private.py``), so an untested vLLM must fail loudly at
+``dynin_vllm/vllm_private.py``), so an untested vLLM must fail loudly at
 registration instead of misbehaving mid-request.
 """
 

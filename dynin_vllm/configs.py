@@ -195,7 +195,7 @@ def register_configs() -> None:
     """Register the config classes with transformers and vLLM (idempotent)."""
     from transformers import AutoConfig
 
-    from dynin_vllm.engine import vllm_private
+    from dynin_vllm import vllm_private
 
     for config_cls in CONFIG_CLASSES:
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)

@@ -11,7 +11,7 @@ from dynin_vllm.compat import (
     UnsupportedVLLMVersionError,
     check_vllm_version,
 )
-from dynin_vllm.engine import vllm_private
+from dynin_vllm import vllm_private
 
 
 @pytest.mark.parametrize(

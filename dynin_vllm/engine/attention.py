@@ -17,7 +17,7 @@ import dataclasses
 import functools
 from typing import Any
 
-from dynin_vllm.engine import vllm_private
+from dynin_vllm import vllm_private
 
 
 @functools.cache

@@ -25,7 +25,7 @@ from typing import Any
 
 from vllm.logger import init_logger
 
-from dynin_vllm.engine import vllm_private
+from dynin_vllm import vllm_private
 
 logger = init_logger(__name__)
 

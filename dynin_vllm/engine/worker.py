@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from dynin_vllm.engine import vllm_private
+from dynin_vllm import vllm_private
 from dynin_vllm.engine.config_hook import PARAMS_VALIDATOR
 from dynin_vllm.engine.runner import DiffusionCPUModelRunner, DiffusionGPUModelRunner
 

@@ -35,7 +35,7 @@ from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.sequence import IntermediateTensors
 
 from dynin_vllm.configs import LLaDAConfig
-from dynin_vllm.engine import vllm_private
+from dynin_vllm import vllm_private
 from dynin_vllm.engine.attention import make_bidirectional
 from dynin_vllm.model.layout import IGNORED_PREFIXES, PREFIX, checkpoint_shapes
 

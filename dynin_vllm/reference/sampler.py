@@ -17,7 +17,7 @@ engine. Three cache semantics:
   refreshed; steps forward only the current block.
 
 Randomness (Gumbel noise for temperature > 0, random remasking) comes from the
-counter-based stream of :mod:`dynin_vllm.diffusion.noise`, indexed by
+counter-based stream of :mod:`dynin_vllm.kernels.noise`, indexed by
 ``(seed, block * stride + step, answer position)``, so a seeded run is
 reproducible draw for draw. Ties in confidence go to the lower position.
 """
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dynin_vllm.diffusion import noise
+from dynin_vllm.kernels import noise
 from dynin_vllm.reference.model import ReferenceLLaDA, truncate
 
 MASK_ID = 126336

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dynin_vllm.diffusion import noise
+from dynin_vllm.kernels import noise
 from dynin_vllm.kernels.maskgit import (
     annealed_temperature,
     cosine_mask_len,

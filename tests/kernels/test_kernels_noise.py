@@ -1,11 +1,11 @@
-"""The kernels' counter-based noise equals ``dynin_vllm.diffusion.noise``."""
+"""The kernels' counter-based noise equals ``dynin_vllm.kernels.noise``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dynin_vllm.diffusion import noise
+from dynin_vllm.kernels import noise
 
 
 @pytest.mark.parametrize("stream", [noise.GUMBEL, noise.REMASK, noise.MASKGIT])

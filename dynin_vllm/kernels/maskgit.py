@@ -38,7 +38,7 @@ import math
 
 import torch
 
-from dynin_vllm.diffusion import noise
+from . import noise
 
 
 def cosine_mask_len(num_slots: int, step: int, total_steps: int) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from dynin_vllm.diffusion import noise
+from . import noise
 
 CFG_LLADA = "llada"
 CFG_MASKGIT = "maskgit"

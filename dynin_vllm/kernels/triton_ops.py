@@ -7,7 +7,7 @@ tested against it (``tests/kernels``, on CPU under ``TRITON_INTERPRET=1``):
   vocabulary per row (online max / sum of exponentials / argmax, tiled over
   the vocabulary, optionally split over several programs and combined), CFG
   and allowed-id ranges applied on the fly, Gumbel-max noise generated in the
-  kernel from the counter-based generator of ``dynin_vllm.diffusion.noise``.
+  kernel from the counter-based generator of ``dynin_vllm.kernels.noise``.
   Greedy rows (temperature 0) choose exactly the reference's id (CFG in
   float64 as the reference does, ties to the lowest id); the confidence is
   computed in float32. Sampled rows draw the same uniforms as the reference
@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from dynin_vllm.diffusion import noise
+from . import noise
 
 from .scoring import CFG_LLADA, CFG_MASKGIT
 
