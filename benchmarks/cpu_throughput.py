@@ -35,6 +35,10 @@ import sys
 import time
 from pathlib import Path
 
+# The engine settings (float32, max_model_len 512 = SIZES' max_sequence_length,
+# eager), shared with the tests and serve_bench.py.
+from dynin_vllm.testing.engine_args import ENGINE_ARGS
+
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -65,14 +69,6 @@ SETTINGS = {
     "threshold 0.9": {"threshold": 0.9},
 }
 BATCHES = (1, 8, 32)
-ENGINE_ARGS = {
-    "dtype": "float32",
-    "gpu_memory_utilization": 0.3,
-    "max_model_len": 512,
-    "max_num_seqs": 64,
-    "enforce_eager": True,
-    "seed": 0,
-}
 
 
 def count_parameters(sizes: dict, vocab: int) -> dict:

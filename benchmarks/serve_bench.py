@@ -7,6 +7,8 @@ Starts ``vllm serve`` on loopback for each checkpoint in turn and runs
 tokens, ``ignore_eos``, all sent at once) against it; the denoising settings
 reach the server through ``--extra-body`` as ``vllm_xargs``. Prints one JSON
 line with vLLM's own metrics (request and output throughput, TTFT, TPOT).
+Both servers run with the engine settings of ``cpu_throughput.py`` and the
+tests (``dynin_vllm.testing.engine_args``).
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from dynin_vllm.demo.serve import serve_command, wait_ready
+from dynin_vllm.serving.launch import Server, served
+from dynin_vllm.testing.engine_args import ENGINE_ARGS, cli_args
 
 BIN = Path(sys.executable).parent
 DIFFUSION = {"vllm_xargs": {"mode": "prefix", "block_length": 16, "steps": 16}}
@@ -36,23 +38,7 @@ KEYS = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def serve(model: str, port: int, log: Path) -> subprocess.Popen:
-    extra = ["--max-model-len", "512", "--dtype", "float32", "--enforce-eager"]
-    with log.open("w") as out:
-        return subprocess.Popen(
-            serve_command(model, port=port, extra=extra),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def bench(model: str, port: int, extra: dict | None, out_dir: Path) -> dict:
+def bench(server: Server, extra: dict | None, out_dir: Path) -> dict:
     name = "result.json"
     command = [
         str(BIN / "vllm"),
@@ -61,11 +47,9 @@ def bench(model: str, port: int, extra: dict | None, out_dir: Path) -> dict:
         "--backend",
         "vllm",
         "--model",
-        model,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        server.model,
+        "--base-url",
+        server.base_url,
         "--dataset-name",
         "random",
         "--random-input-len",
@@ -91,20 +75,13 @@ def bench(model: str, port: int, extra: dict | None, out_dir: Path) -> dict:
 
 
 def run(model: str, extra: dict | None) -> dict:
-    port = free_port()
+    """Serve ``model`` with the shared CPU engine settings and benchmark it."""
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
-        proc = serve(model, port, log)
-        try:
-            wait_ready(f"http://127.0.0.1:{port}", proc, log=log)
-            return bench(model, port, extra, Path(tmp))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            time.sleep(2)
+        with served(model, extra_args=cli_args(ENGINE_ARGS), log_path=log) as server:
+            result = bench(server, extra, Path(tmp))
+        time.sleep(2)  # let the server's memory go before the next one starts
+        return result
 
 
 def main() -> None:

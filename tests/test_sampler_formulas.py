@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from dynin_vllm.kernels import noise
 from dynin_vllm.diffusion.schedule import BlockLayout, transfer_counts
+from dynin_vllm.kernels import noise
 from dynin_vllm.kernels.scoring import guide, score_rows_torch
 from dynin_vllm.kernels.selection import commit_torch, select_torch
 from dynin_vllm.reference import sampler as ref

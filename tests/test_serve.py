@@ -1,24 +1,23 @@
 """``vllm serve <tiny checkpoint>`` over real HTTP on loopback.
 
-The server is started with no model-specific flags (only the CPU KV
-reservation), as a user would. Answers are checked against the reference
-sampler, decoded with the checkpoint's tokenizer.
+The server is started with no model-specific flags, as a user would: only the
+shared CPU engine settings (``dynin_vllm.testing.engine_args``) as CLI flags.
+Answers are checked against the reference sampler, decoded with the
+checkpoint's tokenizer.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import requests
 
-from dynin_vllm.demo.serve import serve_command, wait_ready
 from dynin_vllm.reference.sampler import generate as reference_generate
 from dynin_vllm.reference.sampler import truncate_at_eos
-from tests.engine_utils import free_port
+from dynin_vllm.serving.launch import served
+from dynin_vllm.testing.engine_args import ENGINE_ARGS, cli_args
 
 pytestmark = pytest.mark.server
 
@@ -27,27 +26,12 @@ EOS = 126081
 
 @pytest.fixture(scope="module")
 def server(dynin_checkpoint: Path, tmp_path_factory):
-    """``vllm serve`` with no model flags (the CPU KV fraction is implied)."""
-    port = free_port()
+    """``vllm serve`` with the shared CPU engine settings and no model flags."""
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    extra = ["--max-model-len", "512", "--dtype", "float32"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            serve_command(str(dynin_checkpoint), port=port, extra=extra),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=os.environ.copy(),
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, proc, log=log)
-        yield base, str(dynin_checkpoint)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with served(
+        dynin_checkpoint, extra_args=cli_args(ENGINE_ARGS), log_path=log
+    ) as running:
+        yield running.base_url, running.model
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ step counts.
 from __future__ import annotations
 
 import argparse
-import shutil
 
 from dynin_vllm.demo.serve import ensure_tiny_checkpoint
+from dynin_vllm.serving.launch import CPU_GPU_MEMORY_UTILIZATION, on_cpu
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     from vllm import LLM, SamplingParams
 
     engine_args = {}
-    if shutil.which("nvidia-smi") is None:
-        engine_args["gpu_memory_utilization"] = 0.3  # the CPU KV reservation
+    if on_cpu():  # the CPU KV reservation, as ``vllm serve`` gets in the demo
+        engine_args["gpu_memory_utilization"] = CPU_GPU_MEMORY_UTILIZATION
     llm = LLM(model=model, max_model_len=1024, **engine_args)
 
     conversations = [

@@ -12,14 +12,14 @@ All per-step math is batched tensor code; only bookkeeping is per request.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from dynin_vllm import kernels
-from dynin_vllm.diffusion.params import DiffusionParams, parse_params
+from dynin_vllm.diffusion.params import DiffusionParams
 from dynin_vllm.diffusion.schedule import BlockLayout
 from dynin_vllm.diffusion.state import RequestState
 
@@ -58,36 +58,26 @@ class Denoiser:
     """Holds every request's :class:`RequestState` and runs batched steps."""
 
     def __init__(
-        self,
-        mask_id: int,
-        vocab_size: int,
-        device: torch.device | str = "cpu",
-        defaults: Mapping[str, Any] | None = None,
+        self, mask_id: int, vocab_size: int, device: torch.device | str = "cpu"
     ):
         self.mask_id = mask_id
         self.vocab_size = vocab_size
         self.device = torch.device(device)
-        self.defaults = dict(defaults or {})
         self.states: dict[str, RequestState] = {}
 
     # --- request lifecycle -------------------------------------------------
     def add_request(
         self,
         req_id: str,
+        params: DiffusionParams,
         *,
         answer_len: int,
         temperature: float,
-        seed: int | None,
-        extra_args: Mapping[str, Any] | None,
-        cfg_partner: str | None = None,
-        is_uncond: bool = False,
-        params: DiffusionParams | None = None,
     ) -> RequestState:
-        """Start tracking a request whose answer region has ``answer_len`` slots."""
-        if params is None:
-            params = parse_params(
-                extra_args, self.defaults, seed=seed, vocab_size=self.vocab_size
-            )
+        """Start tracking a request whose answer region has ``answer_len`` slots.
+
+        ``params`` are used as they are (resolved by the caller).
+        """
         if params.canvas is not None:
             initial = torch.tensor(params.canvas[:answer_len], dtype=torch.int64)
             answer_len = initial.numel()
@@ -101,11 +91,33 @@ class Denoiser:
             temperature=temperature if temperature >= GREEDY_EPS else 0.0,
             seed=params.seed if params.seed is not None else new_seed(),
             initial=initial,
-            cfg_partner=cfg_partner,
-            is_uncond=is_uncond,
         )
         self.states[req_id] = state
         return state
+
+    def add_uncond_branch(self, branch_id: str, main_id: str) -> RequestState | None:
+        """Track the unconditional CFG branch of request ``main_id``.
+
+        The branch mirrors its request (same canvas, noise and schedule) and is
+        updated with it; returns ``None`` when the request is already gone.
+        """
+        main = self.states.get(main_id)
+        if main is None:
+            return None
+        branch = RequestState(
+            req_id=branch_id,
+            params=main.params,
+            layout=main.layout,
+            mask_id=self.mask_id,
+            temperature=main.temperature,
+            seed=main.seed,
+            initial=main.initial,
+            cfg_partner=main_id,
+            is_uncond=True,
+        )
+        main.cfg_partner = branch_id
+        self.states[branch_id] = branch
+        return branch
 
     def remove_request(self, req_id: str) -> None:
         self.states.pop(req_id, None)
@@ -148,7 +160,7 @@ class Denoiser:
             if span.num_rows < size:
                 continue  # not a full canvas: nothing to update
             partner = by_id.get(state.cfg_partner) if state.cfg_partner else None
-            if state.cfg_partner and (partner is None or partner.num_rows < size):
+            if state.params.uses_cfg and (partner is None or partner.num_rows < size):
                 continue  # its unconditional branch was not forwarded with it
             states.append(state)
             uncond_ids.append(state.cfg_partner)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 MODES = ("prefix", "exact", "block")
@@ -57,8 +57,19 @@ PARAM_NAMES = (
     "uncond_prompt_token_ids",
 )
 
+#: The decoding rules a request chooses between: a request that sets one of
+#: them gets that rule, whatever default the checkpoint sets for the other.
+DECODING_RULES = ("threshold", "factor")
+
+#: Tasks a request can belong to (the label of its metrics).
+TASKS = ("text",)
+
 #: Keys reserved for the engine's own bookkeeping (never set by clients).
 INTERNAL_PREFIX = "_dynin_"
+
+#: ``extra_args`` key holding a request's resolved parameters: written by the
+#: front end (the one parse), read as they are by the engine.
+RESOLVED_KEY = f"{INTERNAL_PREFIX}params"
 
 #: extra_args keys vLLM itself reads.
 VLLM_EXTRA_ARGS = ("kv_transfer_params", "ec_transfer_params", "kv_cache_report_mode")
@@ -86,6 +97,7 @@ class DiffusionParams:
     seed: int | None
     canvas: tuple[int, ...] | None
     uncond_prompt_token_ids: tuple[int, ...] | None
+    task: str = "text"
 
     @property
     def uses_cfg(self) -> bool:
@@ -95,6 +107,34 @@ class DiffusionParams:
     def dynamic_steps(self) -> bool:
         """Whether the number of steps depends on the confidences."""
         return self.threshold is not None or self.factor is not None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The parameters as plain JSON values (what travels in ``extra_args``)."""
+        wire = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("canvas", "uncond_prompt_token_ids"):
+            if wire[name] is not None:
+                wire[name] = list(wire[name])
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> DiffusionParams:
+        """Rebuild parameters written by :meth:`to_wire`, checking their shape.
+
+        Raises ``ValueError`` when ``wire`` is not exactly such a payload: the
+        engine never fills in or guesses a parameter.
+        """
+        names = {f.name for f in fields(cls)}
+        if not isinstance(wire, Mapping) or set(wire) != names:
+            got = sorted(wire) if isinstance(wire, Mapping) else type(wire).__name__
+            raise ValueError(
+                f"resolved diffusion parameters must have exactly the keys "
+                f"{sorted(names)}; got {got}"
+            )
+        values = dict(wire)
+        for name in ("canvas", "uncond_prompt_token_ids"):
+            if values[name] is not None:
+                values[name] = tuple(values[name])
+        return cls(**values)
 
 
 def _int(name: str, value: Any, minimum: int) -> int:
@@ -150,13 +190,18 @@ def parse_params(
     """Merge request ``extra_args`` over ``defaults`` and validate the result.
 
     ``seed`` is vLLM's own ``SamplingParams.seed``; ``extra_args["seed"]`` wins.
-    Raises :class:`DiffusionParamError` naming the first bad parameter.
+    A request that sets ``threshold`` or ``factor`` chooses that decoding rule:
+    a default for the other one does not apply to it. Raises
+    :class:`DiffusionParamError` naming the first bad parameter.
     """
     request = {
         k: v for k, v in (extra_args or {}).items() if not k.startswith(INTERNAL_PREFIX)
     }
     merged: dict[str, Any] = dict(BUILTIN_DEFAULTS)
     merged.update({k: v for k, v in (defaults or {}).items() if k in BUILTIN_DEFAULTS})
+    if any(request.get(rule) is not None for rule in DECODING_RULES):
+        for rule in DECODING_RULES:
+            merged[rule] = None
     merged.update({k: v for k, v in request.items() if k in PARAM_NAMES})
 
     threshold = merged["threshold"]

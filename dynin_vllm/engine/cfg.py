@@ -6,6 +6,11 @@ identical) at every step. That sequence has KV of its own, so the scheduler
 adds a hidden companion request for it — the *unconditional branch* — and
 schedules the pair together; the runner combines their logits and commits
 the same tokens into both. The branch never reaches the client.
+
+The scheduler's request record holds each request's role. The only other
+place the role is written is the branch's ``extra_args``
+(:data:`BRANCH_OF_KEY`), which is how the model runner, in another process,
+learns that a new request is the branch of another one.
 """
 
 from __future__ import annotations
@@ -16,53 +21,36 @@ from typing import Any
 
 from dynin_vllm.diffusion.params import INTERNAL_PREFIX
 
-ROLE_KEY = f"{INTERNAL_PREFIX}cfg_role"
-PARTNER_KEY = f"{INTERNAL_PREFIX}cfg_partner"
-UNCOND_SUFFIX = "::dynin-uncond"
+#: ``extra_args`` key of an unconditional branch: the id of its request.
+BRANCH_OF_KEY = f"{INTERNAL_PREFIX}cfg_branch_of"
+
+#: Suffix making a branch's request id unique (never parsed).
+UNCOND_ID_SUFFIX = "::dynin-uncond"
 
 
 class Role(enum.Enum):
-    MAIN = "main"
-    UNCOND = "uncond"
+    """A request's part in classifier-free guidance."""
+
+    PLAIN = "plain"  # no guidance
+    MAIN = "main"  # guided; has an unconditional branch
+    UNCOND = "uncond"  # the hidden unconditional branch of a MAIN request
 
 
-MAIN = Role.MAIN
-UNCOND = Role.UNCOND
-
-
-def _extra(sampling_params: Any) -> dict:
-    return getattr(sampling_params, "extra_args", None) or {}
-
-
-def branch_role(sampling_params: Any) -> Role | None:
-    role = _extra(sampling_params).get(ROLE_KEY)
-    return Role(role) if role is not None else None
-
-
-def is_uncond(sampling_params: Any) -> bool:
-    return branch_role(sampling_params) is UNCOND
-
-
-def partner_of(sampling_params: Any) -> str | None:
-    return _extra(sampling_params).get(PARTNER_KEY)
+def branch_of(sampling_params: Any) -> str | None:
+    """The request id whose unconditional branch this is, if it is one."""
+    extra = getattr(sampling_params, "extra_args", None) or {}
+    return extra.get(BRANCH_OF_KEY)
 
 
 def uncond_id(req_id: str) -> str:
-    return f"{req_id}{UNCOND_SUFFIX}"
-
-
-def mark_main(sampling_params: Any, req_id: str) -> None:
-    """Tag a guided request with its branch's id (in place)."""
-    extra = dict(_extra(sampling_params))
-    extra.update({ROLE_KEY: MAIN.value, PARTNER_KEY: uncond_id(req_id)})
-    sampling_params.extra_args = extra
+    return f"{req_id}{UNCOND_ID_SUFFIX}"
 
 
 def uncond_sampling_params(sampling_params: Any, req_id: str) -> Any:
     """Sampling params of the unconditional branch of request ``req_id``."""
     params = copy.deepcopy(sampling_params)
-    extra = dict(_extra(params))
-    extra.update({ROLE_KEY: UNCOND.value, PARTNER_KEY: req_id})
+    extra = dict(params.extra_args or {})
+    extra[BRANCH_OF_KEY] = req_id
     params.extra_args = extra
     params.prompt_logprobs = None
     params.output_kind = sampling_params.output_kind

@@ -16,7 +16,8 @@ sets up the masked-diffusion engine:
   become block-causal across chunks);
 - bidirectional attention backends;
 - piecewise CUDA graphs (V1's full graphs assume uniform decode batches);
-- request-parameter validation in the front end (clear 400 errors).
+- the one parse of request parameters, with the checkpoint's defaults, in
+  the front end (clear 400 errors; see ``validation.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ SCHEDULER_CLS = "dynin_vllm.engine.scheduler.DiffusionScheduler"
 CPU_WORKER_CLS = "dynin_vllm.engine.worker.DiffusionCPUWorker"
 GPU_WORKER_CLS = "dynin_vllm.engine.worker.DiffusionGPUWorker"
 PROPOSER_CLS = "dynin_vllm.engine.proposer.CanvasProposer"
-PARAMS_VALIDATOR = "dynin_vllm.engine.validation:DiffusionParamsValidator"
 
 
 class EngineConfigError(ValueError):
@@ -115,12 +115,29 @@ def configure_engine(vllm_config: Any) -> None:
     if observability.per_request_spec_decode_metrics == "none":
         observability.per_request_spec_decode_metrics = "summary"
 
-    from dynin_vllm.engine.validation import set_limits
+    _install_validator(model_config)
 
-    set_limits(vocab_size=model_config.get_vocab_size(), max_model_len=max_model_len)
-    processors = list(model_config.logits_processors or [])
-    if PARAMS_VALIDATOR not in processors:
-        model_config.logits_processors = [*processors, PARAMS_VALIDATOR]
+
+def _install_validator(model_config: Any) -> None:
+    """List this engine's front-end parse of request parameters (the one parse)
+    in ``model_config.logits_processors``, after checking the defaults."""
+    from dynin_vllm.diffusion.params import DiffusionParamError, parse_params
+    from dynin_vllm.engine.defaults import generation_defaults
+    from dynin_vllm.engine.validation import is_validator_name, validator_name
+
+    defaults = generation_defaults(model_config)
+    try:
+        parse_params(None, defaults)
+    except DiffusionParamError as err:
+        raise EngineConfigError(
+            f"The checkpoint's generation_config.json or --override-generation-config "
+            f"sets an invalid masked-diffusion default: {err}"
+        ) from err
+    name = validator_name(defaults, vocab_size=model_config.get_vocab_size())
+    processors = [
+        p for p in model_config.logits_processors or [] if not is_validator_name(p)
+    ]
+    model_config.logits_processors = [*processors, name]
 
 
 class MaskedDiffusionConfigHook:

@@ -15,21 +15,27 @@ whole answer), so the LM head and the scoring never see the masked suffix.
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import numpy as np
 import torch
 from vllm.logger import init_logger
 
+from dynin_vllm import vllm_private
 from dynin_vllm.diffusion.denoiser import Denoiser, DraftSpan, StepPlan
-from dynin_vllm.engine import cfg, vllm_private
-from dynin_vllm.engine.defaults import answer_length, generation_defaults
+from dynin_vllm.engine import cfg
+from dynin_vllm.engine.defaults import answer_length
+from dynin_vllm.engine.validation import ResolvedParamsError, resolved_params
 
 logger = init_logger(__name__)
 
 
 class DiffusionRunnerMixin:
     """Mixed into vLLM's V1 ``GPUModelRunner`` / ``CPUModelRunner``."""
+
+    #: How many admitted requests :meth:`recent_request_params` remembers.
+    RECENT_PARAMS = 256
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -38,10 +44,17 @@ class DiffusionRunnerMixin:
             mask_id=model_config.hf_config.mask_token_id,
             vocab_size=model_config.get_vocab_size(),
             device=self.device,
-            defaults=generation_defaults(model_config),
         )
         self._step_plan: StepPlan | None = None
         self._prefill_emissions: dict[str, list[int]] = {}
+        self._recent_params: collections.deque[tuple[str, dict[str, Any]]] = (
+            collections.deque(maxlen=self.RECENT_PARAMS)
+        )
+
+    def recent_request_params(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(request id, parameters)`` of the last admitted requests, exactly as
+        the denoiser runs them (for inspection, e.g. ``LLM.collective_rpc``)."""
+        return list(self._recent_params)
 
     # --- request bookkeeping ----------------------------------------------
     def _update_states(self, scheduler_output: Any) -> Any:
@@ -50,43 +63,36 @@ class DiffusionRunnerMixin:
             self.denoiser.remove_request(req_id)
         new = [r.req_id for r in scheduler_output.scheduled_new_reqs]
         # Unconditional CFG branches mirror their request: add requests first.
-        for req_id in sorted(new, key=lambda r: cfg.is_uncond(self._params(r))):
+        for req_id in sorted(new, key=lambda r: self._branch_of(r) is not None):
             self._add_request(req_id)
         return result
 
-    def _params(self, req_id: str) -> Any:
-        return self.requests[req_id].sampling_params
+    def _branch_of(self, req_id: str) -> str | None:
+        return cfg.branch_of(self.requests[req_id].sampling_params)
 
     def _add_request(self, req_id: str) -> None:
+        main_id = self._branch_of(req_id)
+        if main_id is not None:
+            # None when its request already ended; the branch will end too.
+            self.denoiser.add_uncond_branch(req_id, main_id)
+            return
         state = self.requests[req_id]
-        params = state.sampling_params
-        role = cfg.branch_role(params)
-        if role is cfg.UNCOND:
-            main_id = cfg.partner_of(params)
-            main = self.denoiser.states.get(main_id)
-            if main is None:  # its request already ended; the branch will too
-                return
-            self.denoiser.add_request(
-                req_id,
-                answer_len=main.answer_len,
-                temperature=main.temperature,
-                seed=main.seed,
-                extra_args=None,
-                params=main.params,
-                cfg_partner=main_id,
-                is_uncond=True,
-            )
+        sampling_params = state.sampling_params
+        try:
+            params = resolved_params(sampling_params)
+        except ResolvedParamsError as err:
+            # The scheduler fails such a request at its next update.
+            logger.error("Request %s: %s", req_id, err)
             return
         self.denoiser.add_request(
             req_id,
+            params,
             answer_len=answer_length(
-                params, len(state.prompt_token_ids or ()), self.max_model_len
+                sampling_params, len(state.prompt_token_ids or ()), self.max_model_len
             ),
-            temperature=params.temperature,
-            seed=params.seed,
-            extra_args=params.extra_args,
-            cfg_partner=cfg.partner_of(params),
+            temperature=sampling_params.temperature,
         )
+        self._recent_params.append((req_id, params.to_wire()))
 
     # --- the step ------------------------------------------------------------
     def _prepare_inputs(self, scheduler_output: Any, num_scheduled_tokens: np.ndarray):

@@ -4,7 +4,7 @@ vLLM's V1 scheduler already does most of the work: a request's canvas is its
 list of draft tokens, scheduled at the positions after its committed tokens;
 the runner emits nothing while denoising, so the rejection accounting rolls
 ``num_computed_tokens`` back over the canvas, and emits a whole block when one
-is committed, which the accounting keeps. This subclass adds four things.
+is committed, which the accounting keeps. This subclass adds five things.
 
 1. **Cache semantics per mode.** After each step it moves
    ``num_computed_tokens`` so the next forward covers what the mode needs:
@@ -18,25 +18,61 @@ is committed, which the accounting keeps. This subclass adds four things.
 3. **Classifier-free guidance pairs** (``cfg.py``): the hidden unconditional
    branch is added, scheduled and finished with its request, and its outputs
    never reach the client.
-4. ``num_sampled_tokens_per_step = 0``: a step that emits nothing keeps
+4. **Diffusion statistics** (``stats.py``): denoising steps, committed
+   tokens and steps per request, by task and mode, reported in place of
+   vLLM's speculative-decoding statistics; running and waiting counts treat a
+   CFG pair as one request.
+5. ``num_sampled_tokens_per_step = 0``: a step that emits nothing keeps
    nothing, as for vLLM's own diffusion models.
+
+Each request's facts live in one :class:`RequestRecord`; the scheduling rules
+themselves are pure functions in ``scheduling.py``.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from vllm.logger import init_logger
 
-from dynin_vllm.diffusion.params import DiffusionParamError, parse_params
-from dynin_vllm.engine import cfg, vllm_private
-from dynin_vllm.engine.defaults import answer_length, generation_defaults
+from dynin_vllm import vllm_private
+from dynin_vllm.diffusion.params import DiffusionParams
+from dynin_vllm.engine import cfg, scheduling
+from dynin_vllm.engine.defaults import answer_length
+from dynin_vllm.engine.stats import DiffusionStatsBuilder
+from dynin_vllm.engine.validation import ResolvedParamsError, resolved_params
 
 logger = init_logger(__name__)
 
 Scheduler = vllm_private.scheduler_base()
 RequestStatus = vllm_private.request_status()
+
+
+@dataclass
+class RequestRecord:
+    """What the scheduler knows about one request (or CFG branch)."""
+
+    params: DiffusionParams
+    role: cfg.Role = cfg.Role.PLAIN
+    partner: str | None = None  # the other half of a CFG pair
+    num_steps: int = 0  # denoising steps so far
+    # The last denoising step, until the next canvas shows what it committed.
+    last_canvas: list[int] | None = None
+    last_emitted: int = 0
+    # Prompt logprobs come from the prefill, which emits no token; vLLM
+    # reports them with a request's first output, so they wait here.
+    pending_prompt_logprobs: Any = None
+    stats_closed: bool = False  # its last step and step count are recorded
+
+    @property
+    def mode(self) -> str:
+        return self.params.mode
+
+    @property
+    def task(self) -> str:
+        return self.params.task
 
 
 class DiffusionScheduler(Scheduler):
@@ -46,44 +82,35 @@ class DiffusionScheduler(Scheduler):
         super().__init__(*args, **kwargs)
         # A step that emits nothing keeps nothing (see module docstring).
         self.num_sampled_tokens_per_step = 0
-        model_config = self.vllm_config.model_config
-        self._defaults = generation_defaults(model_config)
-        self._mask_id = model_config.hf_config.mask_token_id
-        self._vocab_size = model_config.get_vocab_size()
-        self._modes: dict[str, str] = {}
-        self._partner: dict[str, str] = {}  # both directions of each CFG pair
-        self._uncond: set[str] = set()
-        # Prompt logprobs come from the prefill, which emits no token; vLLM
-        # reports them with a request's first output, so they wait here.
-        self._pending_prompt_logprobs: dict[str, Any] = {}
+        self._mask_id = self.vllm_config.model_config.hf_config.mask_token_id
+        self._records: dict[str, RequestRecord] = {}
+        # Branches forgotten since the last step's outputs, whose ids vLLM may
+        # still report as finished in the next step's outputs.
+        self._retired_branches: set[str] = set()
+        self._stats = DiffusionStatsBuilder()
 
     # --- admission ---------------------------------------------------------
     def add_request(self, request: Any) -> None:
-        params = request.sampling_params
         req_id = request.request_id
-        if params is None or req_id in self.requests or req_id in self._uncond:
+        if request.sampling_params is None or req_id in self._records:
             return super().add_request(request)
         try:
-            parsed = parse_params(
-                params.extra_args,
-                self._defaults,
-                seed=params.seed,
-                vocab_size=self._vocab_size,
-            )
-        except DiffusionParamError as err:  # the front end validates; be robust
-            logger.error("Request %s: %s; using default parameters.", req_id, err)
-            params.extra_args = None
-            parsed = parse_params(None, self._defaults)
-        self._modes[req_id] = parsed.mode
-        if parsed.canvas is not None:
+            params = resolved_params(request.sampling_params)
+        except ResolvedParamsError as err:
+            logger.error("Request %s: %s; failing it.", req_id, err)
+            super().add_request(request)
+            vllm_private.fail_request_next_step(self, req_id)
+            return
+        record = RequestRecord(params)
+        self._records[req_id] = record
+        if params.canvas is not None:
             # The canvas is the whole answer: finish ("length") when it is done.
-            request.max_tokens = min(request.max_tokens, len(parsed.canvas))
-        if parsed.uses_cfg:
-            cfg.mark_main(params, req_id)
+            request.max_tokens = min(request.max_tokens, len(params.canvas))
         super().add_request(request)
         self._size_step_metrics(request)
-        if parsed.uses_cfg:
-            self._add_uncond_branch(request, parsed)
+        if params.uses_cfg:
+            record.role = cfg.Role.MAIN
+            self._add_uncond_branch(request, record)
 
     def _size_step_metrics(self, request: Any) -> None:
         """Per-request step metrics, with a histogram no longer than the answer.
@@ -101,13 +128,12 @@ class DiffusionScheduler(Scheduler):
             request.sampling_params, request.num_prompt_tokens, self.max_model_len
         )
 
-    def _add_uncond_branch(self, request: Any, parsed: Any) -> None:
+    def _add_uncond_branch(self, request: Any, record: RequestRecord) -> None:
         req_id = request.request_id
-        params = request.sampling_params
         branch_id = cfg.uncond_id(req_id)
         prompt = cfg.uncond_prompt(
             list(request.prompt_token_ids or ()),
-            list(parsed.uncond_prompt_token_ids or ()),
+            list(record.params.uncond_prompt_token_ids or ()),
             self._mask_id,
         )
         if not self._pair_fits(request, len(prompt)):
@@ -116,22 +142,20 @@ class DiffusionScheduler(Scheduler):
                 "and they cannot both fit in this engine's KV cache; failing it.",
                 req_id,
             )
+            record.role = cfg.Role.PLAIN
             vllm_private.fail_request_next_step(self, req_id)
             return
-        branch = type(request)(
+        branch = vllm_private.new_request(
+            request,
             request_id=branch_id,
             prompt_token_ids=prompt,
-            sampling_params=cfg.uncond_sampling_params(params, req_id),
-            pooling_params=None,
-            client_index=request.client_index,
-            arrival_time=request.arrival_time,
-            priority=request.priority,
+            sampling_params=cfg.uncond_sampling_params(request.sampling_params, req_id),
         )
         branch.max_tokens = request.max_tokens
-        self._modes[branch_id] = parsed.mode
-        self._partner[req_id] = branch_id
-        self._partner[branch_id] = req_id
-        self._uncond.add(branch_id)
+        record.partner = branch_id
+        self._records[branch_id] = RequestRecord(
+            record.params, role=cfg.Role.UNCOND, partner=req_id
+        )
         super().add_request(branch)
         self._size_step_metrics(branch)
 
@@ -148,76 +172,61 @@ class DiffusionScheduler(Scheduler):
         need += blocks(uncond_prompt_len + answer)
         return need <= usable
 
+    def _partner_of(self) -> dict[str, str]:
+        return {r: rec.partner for r, rec in self._records.items() if rec.partner}
+
+    def _is_uncond(self, req_id: str) -> bool:
+        record = self._records.get(req_id)
+        return record is not None and record.role is cfg.Role.UNCOND
+
     # --- scheduling --------------------------------------------------------
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
-        self._split_broken_pairs()
+        self._preempt_broken_pairs()
         original = list(self.running)
-        hidden = self._unschedulable(original)
+        hidden = scheduling.sit_out(
+            [
+                scheduling.Candidate(
+                    r.request_id,
+                    r.num_tokens_with_spec - r.num_computed_tokens,
+                    self._records[r.request_id].partner
+                    if r.request_id in self._records
+                    else None,
+                )
+                for r in original
+            ],
+            self.max_num_scheduled_tokens,
+        )
         if hidden:
-            self.running = [r for r in original if id(r) not in hidden]
+            self.running = [r for r in original if r.request_id not in hidden]
         try:
             return super().schedule(*args, **kwargs)
         finally:
             if hidden:
-                self.running = self._restore(original, hidden)
+                by_id = {r.request_id: r for r in original}
+                by_id.update({r.request_id: r for r in self.running})
+                order = scheduling.restore_order(
+                    [r.request_id for r in original],
+                    hidden,
+                    [r.request_id for r in self.running],
+                )
+                self.running = [by_id[r] for r in order]
 
-    def _need(self, request: Any) -> int:
-        return request.num_tokens_with_spec - request.num_computed_tokens
-
-    def _unschedulable(self, running: list[Any]) -> set[int]:
-        """Running requests (by ``id``) that cannot run whole this step: a
-        canvas over the token budget, or half of a CFG pair whose other half
-        is not running. They sit this step out."""
-        budget = self.max_num_scheduled_tokens
-        running_ids = {r.request_id for r in running}
-        hidden: set[int] = set()
-        seen: set[str] = set()
-        for request in running:
-            req_id = request.request_id
-            if req_id in seen:
-                continue
-            group = [request]
-            partner_id = self._partner.get(req_id)
-            if partner_id is not None:
-                if partner_id not in running_ids:
-                    hidden.add(id(request))
-                    continue
-                group.append(self.requests[partner_id])
-                seen.add(partner_id)
-            need = sum(self._need(r) for r in group)
-            if need > budget:
-                hidden.update(id(r) for r in group)
-            else:
-                budget -= need
-        return hidden
-
-    def _restore(self, original: list[Any], hidden: set[int]) -> list[Any]:
-        """``self.running`` with the hidden requests back in their places.
-
-        Requests the step preempted stay out; requests it admitted follow.
-        """
-        still_running = {id(r) for r in self.running}
-        kept = [r for r in original if id(r) in hidden or id(r) in still_running]
-        in_kept = {id(r) for r in kept}
-        return kept + [r for r in self.running if id(r) not in in_kept]
-
-    def _split_broken_pairs(self) -> None:
+    def _preempt_broken_pairs(self) -> None:
         """A CFG request running without its branch (or the reverse) cannot
         step; preempt it so the pair restarts together."""
-        running_ids = {r.request_id for r in self.running}
-        stuck = [
-            r
-            for r in self.running
-            if (p := self._partner.get(r.request_id)) is not None
-            and p not in running_ids
-            and p in self.requests
-        ]
+        stuck = set(
+            scheduling.broken_pairs(
+                [r.request_id for r in self.running],
+                self._partner_of(),
+                set(self.requests),
+            )
+        )
         if not stuck:
             return
         now = time.monotonic()
-        ids = {id(r) for r in stuck}
-        self.running = [r for r in self.running if id(r) not in ids]
-        for request in stuck:
+        preempted = [r for r in self.running if r.request_id in stuck]
+        self.running = [r for r in self.running if r.request_id not in stuck]
+        for request in preempted:
             self._preempt_request(request, now)
 
     # --- after a step ------------------------------------------------------
@@ -226,29 +235,79 @@ class DiffusionScheduler(Scheduler):
     ) -> Any:
         emitted = self._emitted_counts(scheduler_output, model_runner_output)
         self._defer_prompt_logprobs(model_runner_output, emitted)
-        outputs = super().update_from_output(scheduler_output, model_runner_output)
         drafts = scheduler_output.scheduled_spec_decode_tokens
+        for req_id, num_emitted in emitted.items():
+            record = self._records.get(req_id)
+            canvas = drafts.get(req_id)
+            if record is not None and canvas:
+                record.num_steps += 1
+                record.last_canvas = list(canvas)
+                record.last_emitted = num_emitted
+        branches = {r for r in self._records if self._is_uncond(r)}
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
         for req_id, num_emitted in emitted.items():
             request = self.requests.get(req_id)
             if request is None or request.status != RequestStatus.RUNNING:
                 continue
             self._set_next_forward(request, num_emitted, bool(drafts.get(req_id)))
         self._finish_orphans()
-        self._drop_uncond_outputs(outputs)
+        self._drop_branch_outputs(outputs, branches | self._retired_branches)
+        self._retired_branches.clear()
+        self._retire_finished()
         return outputs
+
+    def update_draft_token_ids(self, draft_token_ids: Any) -> None:
+        super().update_draft_token_ids(draft_token_ids)
+        for req_id in draft_token_ids.req_ids:
+            record = self._records.get(req_id)
+            request = self.requests.get(req_id)
+            if record is None or record.last_canvas is None or request is None:
+                continue
+            self._observe_step(record, list(request.spec_token_ids))
+
+    def _observe_step(self, record: RequestRecord, next_canvas: list[int] | None):
+        canvas, record.last_canvas = record.last_canvas, None
+        if canvas is None or record.role is cfg.Role.UNCOND:
+            return
+        committed = scheduling.committed_in_step(
+            canvas, record.last_emitted, next_canvas, self._mask_id
+        )
+        self._stats.observe_step(record.task, record.mode, committed, len(canvas))
+
+    def make_spec_decoding_stats(self, *args: Any, **kwargs: Any) -> None:
+        # vLLM's per-draft-position statistics do not apply: the diffusion
+        # statistics replace them (see make_stats).
+        return None
+
+    def make_stats(self, *args: Any, **kwargs: Any) -> Any:
+        stats = super().make_stats(*args, **kwargs)
+        if stats is None:
+            return None
+        for req_id, record in self._records.items():
+            if req_id not in self.requests:
+                self._close_stats(record)
+        stats.spec_decoding_stats = self._stats.flush(self.num_spec_tokens)
+        # A CFG pair is one request to its client.
+        stats.num_running_reqs -= sum(
+            1 for r in self.running if self._is_uncond(r.request_id)
+        )
+        stats.num_waiting_reqs -= sum(
+            1 for r in self.waiting if self._is_uncond(r.request_id)
+        )
+        return stats
 
     def _defer_prompt_logprobs(self, model_runner_output: Any, emitted: dict) -> None:
         """Hold prompt logprobs of silent steps until the request emits."""
         logprobs = model_runner_output.prompt_logprobs_dict
         for req_id, num_emitted in emitted.items():
+            record = self._records.get(req_id)
+            if record is None:
+                continue
             if not num_emitted and logprobs.get(req_id) is not None:
-                self._pending_prompt_logprobs[req_id] = logprobs.pop(req_id)
-            elif num_emitted and req_id in self._pending_prompt_logprobs:
-                logprobs[req_id] = self._pending_prompt_logprobs.pop(req_id)
-        for req_id in [
-            r for r in self._pending_prompt_logprobs if r not in self.requests
-        ]:
-            del self._pending_prompt_logprobs[req_id]
+                record.pending_prompt_logprobs = logprobs.pop(req_id)
+            elif num_emitted and record.pending_prompt_logprobs is not None:
+                logprobs[req_id] = record.pending_prompt_logprobs
+                record.pending_prompt_logprobs = None
 
     @staticmethod
     def _emitted_counts(scheduler_output: Any, model_runner_output: Any) -> dict:
@@ -262,7 +321,8 @@ class DiffusionScheduler(Scheduler):
     def _set_next_forward(
         self, request: Any, num_emitted: int, had_drafts: bool
     ) -> None:
-        mode = self._modes.get(request.request_id, "prefix")
+        record = self._records.get(request.request_id)
+        mode = record.mode if record is not None else "prefix"
         if mode == "exact":
             request.num_computed_tokens = 0
         elif mode == "prefix":
@@ -279,40 +339,49 @@ class DiffusionScheduler(Scheduler):
         prompt) cannot continue: it is finished with an error, reported at
         the next step.
         """
-        gone = [r for r in self._partner if r not in self.requests]
-        for req_id in gone:
-            partner = self._partner[req_id]
+        for req_id, record in list(self._records.items()):
+            if req_id in self.requests or record.partner is None:
+                continue
+            partner = record.partner
             if partner in self.requests:
-                if partner in self._uncond:
+                if self._is_uncond(partner):
                     super().finish_requests(partner, RequestStatus.FINISHED_ABORTED)
                 else:
                     logger.error("CFG branch of %s ended early; failing it.", partner)
                     vllm_private.fail_request_next_step(self, partner)
-        for req_id in gone:
-            self._forget(req_id)
-        for req_id in [r for r in self._modes if r not in self.requests]:
-            self._modes.pop(req_id, None)
+            record.partner = None
+            partner_record = self._records.get(partner)
+            if partner_record is not None:
+                partner_record.partner = None
 
-    def _forget(self, req_id: str) -> None:
-        self._partner.pop(req_id, None)
-        self._uncond.discard(req_id)
-        self._modes.pop(req_id, None)
+    def _close_stats(self, record: RequestRecord) -> None:
+        """Record a finished request's last step and its number of steps."""
+        if record.stats_closed or record.role is cfg.Role.UNCOND:
+            return
+        record.stats_closed = True
+        self._observe_step(record, None)
+        self._stats.observe_finished(record.task, record.mode, record.num_steps)
 
-    def _drop_uncond_outputs(self, outputs: dict) -> None:
-        if not self._uncond and not outputs:
+    def _retire_finished(self) -> None:
+        """Forget the records of requests vLLM no longer holds."""
+        for req_id in [r for r in self._records if r not in self.requests]:
+            record = self._records.pop(req_id)
+            self._close_stats(record)
+            if record.role is cfg.Role.UNCOND:
+                self._retired_branches.add(req_id)
+
+    @staticmethod
+    def _drop_branch_outputs(outputs: dict, branches: set[str]) -> None:
+        if not branches:
             return
         for engine_outputs in outputs.values():
-            kept = [
-                o
-                for o in engine_outputs.outputs
-                if cfg.UNCOND_SUFFIX not in o.request_id
-            ]
+            kept = [o for o in engine_outputs.outputs if o.request_id not in branches]
             if len(kept) != len(engine_outputs.outputs):
                 engine_outputs.outputs = kept
             finished = getattr(engine_outputs, "finished_requests", None)
             if finished:
                 engine_outputs.finished_requests = {
-                    r for r in finished if cfg.UNCOND_SUFFIX not in r
+                    r for r in finished if r not in branches
                 }
 
     def finish_requests(self, request_ids: Any, finished_status: Any) -> list[Any]:
@@ -320,9 +389,12 @@ class DiffusionScheduler(Scheduler):
             request_ids = (request_ids,)
         if request_ids is not None:
             request_ids = set(request_ids)
-            request_ids |= {self._partner[r] for r in request_ids if r in self._partner}
+            request_ids |= {
+                rec.partner
+                for r in request_ids
+                if (rec := self._records.get(r)) is not None and rec.partner
+            }
         finished = super().finish_requests(request_ids, finished_status)
-        for request in finished:
-            if request.request_id not in self._partner:
-                self._modes.pop(request.request_id, None)
-        return [r for r in finished if r.request_id not in self._uncond]
+        shown = [r for r in finished if not self._is_uncond(r.request_id)]
+        self._retire_finished()
+        return shown

@@ -1,42 +1,69 @@
-"""Front-end validation of masked-diffusion requests.
+"""The one parse of masked-diffusion request parameters, in the front end.
 
 vLLM validates requests in its front end, before they reach the engine core,
-and turns errors there into HTTP 400 responses; a bad request that slipped
-through to the engine core would instead fail there. The V1 front end runs
-the ``validate_params`` hook of the model's logits-processor classes for every
-request, so validation rides on a logits-processor class that is never
+and turns errors there into HTTP 400 responses. The V1 front end runs the
+``validate_params`` hook of the model's logits-processor classes for every
+request, so the parse rides on a logits-processor class that is never
 instantiated (the config hook lists it in ``model_config.logits_processors``;
 the worker hides it from the model runner).
+
+The parse merges the request's ``extra_args`` over the checkpoint's defaults
+(``generation_config.json`` and ``--override-generation-config``) and writes
+the complete result into ``extra_args`` under
+:data:`~dynin_vllm.diffusion.params.RESOLVED_KEY`. The engine reads exactly
+that result and never parses again (:func:`resolved_params`): a request runs
+with the parameters it asked for, or gets a 400.
+
+The hook is a classmethod that sees only the request, so the engine facts it
+needs (defaults, vocabulary size, context length) are carried by the *name*
+under which the config hook lists the validator: :func:`validator_name`
+encodes them, and this module's ``__getattr__`` builds the class for a name
+when vLLM's loader looks it up. No module state is set by the config hook,
+and two engines in one process each get their own validator.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import LogitsProcessor
 
 from dynin_vllm.diffusion.params import (
+    PARAM_NAMES,
+    RESOLVED_KEY,
     DiffusionParamError,
+    DiffusionParams,
     parse_params,
     unknown_params,
 )
 
-#: Model limits of the engine configured in this process (set by the config
-#: hook, which runs in the front end).
-_limits: dict[str, int] = {}
+#: Attribute-name prefix of the per-engine validator classes.
+VALIDATOR_PREFIX = "DiffusionParamsValidator_"
 
 
-def set_limits(*, vocab_size: int, max_model_len: int) -> None:
-    _limits.update(vocab_size=vocab_size, max_model_len=max_model_len)
+class ResolvedParamsError(RuntimeError):
+    """A request reached the engine without the front end's resolved parameters."""
 
 
 def _reject(parameter: str, message: str, value: Any = None) -> None:
     raise VLLMValidationError(message, parameter=parameter, value=value)
 
 
-def validate_request(sampling_params: Any) -> None:
-    """Raise ``VLLMValidationError`` naming the first bad field of a request."""
+def resolve_request(
+    sampling_params: Any,
+    defaults: Mapping[str, Any],
+    *,
+    vocab_size: int | None,
+) -> DiffusionParams:
+    """Parse and check one request; raise ``VLLMValidationError`` naming the field.
+
+    Returns the parameters the request will run with.
+    """
     extra = sampling_params.extra_args
     if extra is not None and not isinstance(extra, dict):
         _reject("extra_args", "extra_args must be a JSON object")
@@ -45,12 +72,11 @@ def validate_request(sampling_params: Any) -> None:
         _reject(
             unknown[0],
             f"Unknown masked-diffusion parameter '{unknown[0]}' in extra_args / "
-            "vllm_xargs; known: block_length, steps, remasking, threshold, factor, "
-            "cfg_scale, mode, seed, canvas, uncond_prompt_token_ids.",
+            f"vllm_xargs; known: {', '.join(PARAM_NAMES)}.",
         )
     try:
         params = parse_params(
-            extra, seed=sampling_params.seed, vocab_size=_limits.get("vocab_size")
+            extra, defaults, seed=sampling_params.seed, vocab_size=vocab_size
         )
     except DiffusionParamError as err:
         _reject(err.parameter, str(err))
@@ -80,14 +106,51 @@ def validate_request(sampling_params: Any) -> None:
         )
     if sampling_params.bad_words:
         _reject("bad_words", "bad_words is not supported for masked-diffusion models.")
+    return params
+
+
+def write_resolved(sampling_params: Any, params: DiffusionParams) -> None:
+    """Store ``params`` in the request's ``extra_args`` (a new dict: the
+    caller's own dict is never modified)."""
+    extra = dict(sampling_params.extra_args or {})
+    extra[RESOLVED_KEY] = params.to_wire()
+    sampling_params.extra_args = extra
+
+
+def resolved_params(sampling_params: Any) -> DiffusionParams:
+    """The parameters the front end resolved for a request (engine side).
+
+    Raises :class:`ResolvedParamsError` when they are missing or malformed:
+    that is a bug (a request that bypassed the front end), never a reason to
+    fall back to defaults.
+    """
+    extra = getattr(sampling_params, "extra_args", None) or {}
+    if RESOLVED_KEY not in extra:
+        raise ResolvedParamsError(
+            "request reached the masked-diffusion engine without the parameters "
+            "resolved by the front end (did it bypass vLLM's input processor?)"
+        )
+    try:
+        return DiffusionParams.from_wire(extra[RESOLVED_KEY])
+    except (TypeError, ValueError) as err:
+        raise ResolvedParamsError(f"malformed resolved parameters: {err}") from err
 
 
 class DiffusionParamsValidator(LogitsProcessor):
-    """Carrier of :func:`validate_request` for vLLM's front-end hook."""
+    """Carrier of the front-end parse for vLLM's ``validate_params`` hook.
+
+    Subclasses made by :func:`validator_class` bind one engine's facts.
+    """
+
+    defaults: Mapping[str, Any] = {}
+    vocab_size: int | None = None
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
-        validate_request(sampling_params)
+        params = resolve_request(
+            sampling_params, cls.defaults, vocab_size=cls.vocab_size
+        )
+        write_resolved(sampling_params, params)
 
     def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
         raise RuntimeError("DiffusionParamsValidator only validates; never built")
@@ -100,3 +163,44 @@ class DiffusionParamsValidator(LogitsProcessor):
 
     def update_state(self, batch_update: Any) -> None:  # pragma: no cover
         return None
+
+
+def _encode(facts: Mapping[str, Any]) -> str:
+    raw = json.dumps(facts, sort_keys=True, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(token: str) -> dict[str, Any]:
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    return json.loads(raw)
+
+
+def validator_name(defaults: Mapping[str, Any], *, vocab_size: int) -> str:
+    """The ``module:Class`` name under which vLLM finds this engine's validator."""
+    facts = {"defaults": dict(defaults), "vocab_size": vocab_size}
+    return f"{__name__}:{VALIDATOR_PREFIX}{_encode(facts)}"
+
+
+def is_validator_name(entry: Any) -> bool:
+    """Whether a ``logits_processors`` entry is one of our validators."""
+    return isinstance(entry, str) and entry.startswith(f"{__name__}:{VALIDATOR_PREFIX}")
+
+
+@functools.cache
+def validator_class(token: str) -> type[DiffusionParamsValidator]:
+    facts = _decode(token)
+    return type(
+        f"{VALIDATOR_PREFIX}{token}",
+        (DiffusionParamsValidator,),
+        {
+            "defaults": dict(facts["defaults"]),
+            "vocab_size": facts["vocab_size"],
+            "__module__": __name__,
+        },
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name.startswith(VALIDATOR_PREFIX):
+        return validator_class(name[len(VALIDATOR_PREFIX) :])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

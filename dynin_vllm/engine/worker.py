@@ -16,22 +16,30 @@ from collections.abc import Iterator
 from typing import Any
 
 from dynin_vllm import vllm_private
-from dynin_vllm.engine.config_hook import PARAMS_VALIDATOR
 from dynin_vllm.engine.runner import DiffusionCPUModelRunner, DiffusionGPUModelRunner
+from dynin_vllm.engine.validation import is_validator_name
 
 
 @contextlib.contextmanager
 def _without_validator(model_config: Any) -> Iterator[None]:
     saved = model_config.logits_processors
     if saved:
-        model_config.logits_processors = [p for p in saved if p != PARAMS_VALIDATOR]
+        model_config.logits_processors = [p for p in saved if not is_validator_name(p)]
     try:
         yield
     finally:
         model_config.logits_processors = saved
 
 
-class DiffusionCPUWorker(vllm_private.cpu_worker_base()):
+class _InspectionMixin:
+    """Worker methods for ``LLM.collective_rpc``."""
+
+    def recent_request_params(self) -> list[tuple[str, dict[str, Any]]]:
+        """Parameters of the last admitted requests, as the denoiser runs them."""
+        return self.model_runner.recent_request_params()
+
+
+class DiffusionCPUWorker(_InspectionMixin, vllm_private.cpu_worker_base()):
     """CPU worker running :class:`DiffusionCPUModelRunner`."""
 
     def init_device(self) -> None:
@@ -42,7 +50,7 @@ class DiffusionCPUWorker(vllm_private.cpu_worker_base()):
             super().init_device()
 
 
-class DiffusionGPUWorker(vllm_private.gpu_worker_base()):
+class DiffusionGPUWorker(_InspectionMixin, vllm_private.gpu_worker_base()):
     """CUDA worker running :class:`DiffusionGPUModelRunner` (Model Runner V1)."""
 
     def _make_model_runner(self) -> Any:

@@ -35,7 +35,6 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from . import noise
-
 from .scoring import CFG_LLADA, CFG_MASKGIT
 
 _MASK64 = (1 << 64) - 1

@@ -1,0 +1,106 @@
+"""The one parse of request parameters: rules, the wire format, the validator."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
+
+from dynin_vllm.diffusion.params import (
+    BUILTIN_DEFAULTS,
+    RESOLVED_KEY,
+    DiffusionParams,
+    parse_params,
+)
+from dynin_vllm.engine.validation import (
+    ResolvedParamsError,
+    is_validator_name,
+    resolved_params,
+    validator_name,
+)
+
+VOCAB = 126464
+
+
+def _validator(defaults):
+    from vllm.v1.sample.logits_processor import _load_logitsprocs_by_fqcns
+
+    name = validator_name(defaults, vocab_size=VOCAB)
+    assert is_validator_name(name)
+    (cls,) = _load_logitsprocs_by_fqcns([name])  # how vLLM's front end loads it
+    return cls
+
+
+def test_a_requested_rule_replaces_the_default_rule():
+    defaults = {"threshold": 0.9, "block_length": 8}
+    chose_factor = parse_params({"factor": 1.5}, defaults)
+    assert (chose_factor.threshold, chose_factor.factor) == (None, 1.5)
+    assert chose_factor.block_length == 8
+    chose_threshold = parse_params({"threshold": 0.5}, {"factor": 2.0})
+    assert (chose_threshold.threshold, chose_threshold.factor) == (0.5, None)
+    assert parse_params(None, defaults).threshold == 0.9
+
+
+def test_wire_format_round_trips_and_is_strict():
+    params = parse_params(
+        {"canvas": [1, 2], "uncond_prompt_token_ids": [3], "cfg_scale": 1.0}, seed=4
+    )
+    wire = params.to_wire()
+    assert DiffusionParams.from_wire(pickle.loads(pickle.dumps(wire))) == params
+    with pytest.raises(ValueError, match="exactly the keys"):
+        DiffusionParams.from_wire({k: v for k, v in wire.items() if k != "mode"})
+    with pytest.raises(ValueError, match="exactly the keys"):
+        DiffusionParams.from_wire({**wire, "extra": 1})
+
+
+def test_validator_resolves_with_its_engine_defaults_without_touching_the_caller():
+    cls = _validator({"block_length": 8, "mode": "exact"})
+    user_extra = {"steps": 4}
+    sp = SamplingParams(max_tokens=16, seed=7, extra_args=user_extra)
+    cls.validate_params(sp)
+    assert user_extra == {"steps": 4}  # the caller's dict is not modified
+    resolved = resolved_params(sp)
+    assert resolved == parse_params(
+        {"steps": 4}, {"block_length": 8, "mode": "exact"}, seed=7
+    )
+    assert (resolved.block_length, resolved.mode, resolved.steps) == (8, "exact", 4)
+    # Validating the same params object again (a batch sharing one) is stable.
+    cls.validate_params(sp)
+    assert resolved_params(sp) == resolved
+
+
+def test_two_engines_in_one_process_keep_their_own_defaults():
+    a = _validator({"block_length": 8})
+    b = _validator({"block_length": 16})
+    sp_a, sp_b = SamplingParams(max_tokens=4), SamplingParams(max_tokens=4)
+    a.validate_params(sp_a)
+    b.validate_params(sp_b)
+    assert resolved_params(sp_a).block_length == 8
+    assert resolved_params(sp_b).block_length == 16
+    assert pickle.loads(pickle.dumps(a)) is a  # travels to other processes by name
+
+
+def test_validator_rejects_naming_the_field():
+    cls = _validator({"threshold": 0.9})
+    with pytest.raises(VLLMValidationError) as err:
+        cls.validate_params(
+            SamplingParams(max_tokens=4, extra_args={"threshold": 0.5, "factor": 1.0})
+        )
+    assert err.value.parameter == "factor"
+    with pytest.raises(VLLMValidationError) as err:
+        cls.validate_params(SamplingParams(max_tokens=4, extra_args={"blocklen": 2}))
+    assert err.value.parameter == "blocklen"
+
+
+def test_the_engine_never_parses_a_request_it_was_not_given_resolved():
+    with pytest.raises(ResolvedParamsError, match="bypass"):
+        resolved_params(SamplingParams(max_tokens=4, extra_args={"steps": 4}))
+    bad = SamplingParams(max_tokens=4, extra_args={RESOLVED_KEY: {"steps": 4}})
+    with pytest.raises(ResolvedParamsError, match="malformed"):
+        resolved_params(bad)
+
+
+def test_builtin_defaults_are_complete():
+    assert set(BUILTIN_DEFAULTS) <= {f for f in DiffusionParams.__dataclass_fields__}
