@@ -49,6 +49,10 @@ setup(
     },
     entry_points={
         "vllm.general_plugins": ["dynin_vllm = dynin_vllm:register"],
+        # Same name as the general plugin: VLLM_PLUGINS=dynin_vllm selects both.
+        "vllm.stat_logger_plugins": [
+            "dynin_vllm = dynin_vllm.serving.metrics:DiffusionStatLogger",
+        ],
         "console_scripts": [
             "dynin-make-checkpoint = dynin_vllm.testing.make_checkpoint:main",
         ],

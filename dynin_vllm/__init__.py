@@ -38,9 +38,13 @@ def register() -> None:
 
     from dynin_vllm.configs import register_configs
     from dynin_vllm.engine.config_hook import register_config_hooks
+    from dynin_vllm.serving.metrics import install_offline_stat_logger
 
     register_configs()
     for arch in ARCHITECTURES:
         ModelRegistry.register_model(arch, MODEL_CLASS)
     register_config_hooks(ARCHITECTURES)
+    # ``vllm serve`` loads our stat logger from its entry point; the offline
+    # ``LLMEngine`` loads no stat-logger plugins, so it gets it here.
+    install_offline_stat_logger()
     _registered = True

@@ -156,7 +156,7 @@ STAT_LOGGER_MANAGER_SIGNATURES: dict[str, tuple[str, ...]] = {
 }
 
 #: The attention backends whose metadata builder is made non-causal
-#: (``dynin_vllm.engine.attention``): CPU_ATTN on CPU; FlashAttention, Triton
+#: (``dynin_vllm.model.attention``): CPU_ATTN on CPU; FlashAttention, Triton
 #: or FlexAttention on CUDA.
 ATTENTION_BACKENDS: dict[str, str] = {
     "CPU_ATTN": "vllm.v1.attention.backends.cpu_attn:CPUAttentionBackend",

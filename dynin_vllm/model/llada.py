@@ -36,7 +36,7 @@ from vllm.sequence import IntermediateTensors
 
 from dynin_vllm.configs import LLaDAConfig
 from dynin_vllm import vllm_private
-from dynin_vllm.engine.attention import make_bidirectional
+from dynin_vllm.model.attention import make_bidirectional
 from dynin_vllm.model.layout import IGNORED_PREFIXES, PREFIX, checkpoint_shapes
 
 logger = init_logger(__name__)

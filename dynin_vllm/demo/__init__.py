@@ -1,0 +1,1 @@
+"""The main job (``serve``) and the offline batch example."""
