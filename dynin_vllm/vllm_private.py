@@ -225,6 +225,7 @@ CALL_KEYWORDS: dict[str, tuple[str, ...]] = {
         "prompt_token_ids",
         "sampling_params",
         "pooling_params",
+        "lora_request",
         "client_index",
         "arrival_time",
         "priority",
@@ -378,10 +379,12 @@ def new_request(like: Any, **fields: Any) -> Any:
     """A V1 ``Request`` for the same client, arrival and priority as ``like``.
 
     ``fields`` gives ``request_id``, ``prompt_token_ids`` and
-    ``sampling_params``; the CFG branch of a request is built this way.
+    ``sampling_params``; the CFG branch of a request is built this way (with
+    the same LoRA adapter, so both branches run the same weights).
     """
     return type(like)(
         pooling_params=None,
+        lora_request=like.lora_request,
         client_index=like.client_index,
         arrival_time=like.arrival_time,
         priority=like.priority,

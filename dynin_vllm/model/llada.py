@@ -6,11 +6,18 @@ Face one (``model.transformer.{wte,blocks.N.*,ln_f,ff_out}``) so checkpoint
 names map one to one, except for the fused projections: ``q/k/v_proj`` load
 into ``qkv_proj`` and ``ff_proj`` (the gate) / ``up_proj`` into
 ``gate_up_proj``.
+
+Loading follows vLLM's Llama idioms: a :class:`WeightsMapper` renames the
+stacked projections (the fused layers' own ``load_weights`` place each shard),
+:class:`AutoWeightsLoader` walks the module tree, and ``packed_modules_mapping``
+tells LoRA and the quantization configs which checkpoint projections make up a
+fused layer. Around that, the strict layout check of ``load_weights`` names
+every unknown, missing or mis-shaped tensor at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -31,24 +38,34 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
     ParallelLMHead,
     VocabParallelEmbedding,
 )
-from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.interfaces import SupportsLoRA, SupportsQuant
+from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper
 from vllm.sequence import IntermediateTensors
 
-from dynin_vllm.configs import LLaDAConfig
 from dynin_vllm import vllm_private
+from dynin_vllm.configs import LLaDAConfig
 from dynin_vllm.model.attention import make_bidirectional
 from dynin_vllm.model.layout import IGNORED_PREFIXES, PREFIX, checkpoint_shapes
 
 logger = init_logger(__name__)
 
-# (checkpoint module, fused module, shard id)
-_STACKED: tuple[tuple[str, str, str | int], ...] = (
-    ("q_proj", "qkv_proj", "q"),
-    ("k_proj", "qkv_proj", "k"),
-    ("v_proj", "qkv_proj", "v"),
-    ("ff_proj", "gate_up_proj", 0),
-    ("up_proj", "gate_up_proj", 1),
+#: Checkpoint projections stacked into one fused vLLM layer, as shard ids of
+#: the fused layer's weight loader. ``ff_proj`` is the SwiGLU *gate*.
+STACKED_PARAMS = WeightsMapper(
+    orig_to_new_stacked={
+        ".q_proj.": (".qkv_proj.", "q"),
+        ".k_proj.": (".qkv_proj.", "k"),
+        ".v_proj.": (".qkv_proj.", "v"),
+        ".ff_proj.": (".gate_up_proj.", 0),
+        ".up_proj.": (".gate_up_proj.", 1),
+    }
 )
+
+#: Fused vLLM layer -> the checkpoint (and LoRA adapter) projections it holds.
+PACKED_MODULES: dict[str, list[str]] = {
+    "qkv_proj": ["q_proj", "k_proj", "v_proj"],
+    "gate_up_proj": ["ff_proj", "up_proj"],
+}
 
 
 class CheckpointLayoutError(ValueError):
@@ -198,9 +215,12 @@ class LLaDATransformer(nn.Module):
 class _LLaDAModel(nn.Module):
     """``LLaDAModelLM.model``: holds ``transformer`` to keep the HF names."""
 
+    hf_to_vllm_mapper = STACKED_PARAMS
+
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
         config: LLaDAConfig = vllm_config.model_config.hf_config
+        self.quant_config = vllm_config.quant_config
         self.transformer = LLaDATransformer(
             vllm_config=vllm_config, prefix=f"{prefix}.transformer"
         )
@@ -214,8 +234,64 @@ class _LLaDAModel(nn.Module):
                 prefix=f"{prefix}.transformer.ff_out",
             )
 
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Load ``transformer.*`` tensors; the fused layers take their shards."""
+        loader = AutoWeightsLoader(self)
+        return loader.load_weights(weights, mapper=self.hf_to_vllm_mapper)
 
-class LLaDAForMaskedDiffusion(nn.Module):
+
+class _LayoutCheck:
+    """Passes through the tensors that fit the layout and records the others.
+
+    Every tensor is looked at before anything is reported, so one error names
+    all unknown, missing and mis-shaped tensors of the checkpoint.
+    """
+
+    def __init__(self, config: LLaDAConfig):
+        self.config = config
+        self.expected = checkpoint_shapes(config)
+        self.present: set[str] = set()
+        self.unknown: list[str] = []
+        self.misshaped: list[str] = []
+
+    def filter(
+        self, weights: Iterable[tuple[str, torch.Tensor]]
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in weights:
+            if name.startswith(IGNORED_PREFIXES):
+                logger.info("Skipping %s (not used for inference).", name)
+                continue
+            shape = self.expected.get(name)
+            if shape is None:
+                self.unknown.append(name)
+                continue
+            self.present.add(name)
+            if tuple(tensor.shape) != shape:
+                self.misshaped.append(
+                    f"{name}: checkpoint {tuple(tensor.shape)}, expected {shape}"
+                )
+                continue
+            yield name, tensor
+
+    def raise_for_problems(self) -> None:
+        missing = sorted(set(self.expected) - self.present)
+        problems = []
+        if self.unknown:
+            problems.append(f"unknown tensors: {', '.join(sorted(self.unknown))}")
+        if self.misshaped:
+            problems.append(
+                f"tensors with the wrong shape: {'; '.join(self.misshaped)}"
+            )
+        if missing:
+            problems.append(f"missing tensors: {', '.join(missing)}")
+        if problems:
+            raise CheckpointLayoutError(
+                f"Checkpoint does not match the {self.config.model_type} layout of "
+                f"its config.json ({' | '.join(problems)})."
+            )
+
+
+class LLaDAForMaskedDiffusion(nn.Module, SupportsLoRA, SupportsQuant):
     """vLLM model for ``LLaDAModelLM``, ``MMadaModelLM`` and ``DyninOmniModelLM``.
 
     The forward pass is an ordinary paged-KV transformer forward with
@@ -225,6 +301,16 @@ class LLaDAForMaskedDiffusion(nn.Module):
 
     #: Read by ``dynin_vllm.engine``: this model denoises masked canvases.
     is_masked_diffusion = True
+
+    hf_to_vllm_mapper = _LLaDAModel.hf_to_vllm_mapper
+    # LoRA (and quantization configs): the checkpoint projections of each
+    # fused layer. Adapters target q/k/v_proj, attn_out, ff_proj, up_proj and
+    # the blocks' ff_out (the MLP down projection).
+    packed_modules_mapping = PACKED_MODULES
+    # The input embedding takes embedding LoRA. The LM head
+    # (``transformer.ff_out``) does not: vLLM applies LM-head LoRA only to a
+    # module named ``lm_head`` beside ``logits_processor``.
+    embedding_modules = {"wte": "input_embeddings"}
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
@@ -244,7 +330,11 @@ class LLaDAForMaskedDiffusion(nn.Module):
     @property
     def lm_head(self) -> nn.Module:
         head = self.model.transformer.ff_out
-        return head if head is not None else self.model.transformer.wte
+        if head is not None:
+            return head
+        # Tied: the embedding matrix, without the LoRA wrapper it may be in.
+        wte = self.model.transformer.wte
+        return getattr(wte, "base_layer", wte)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.transformer.embed_input_ids(input_ids)
@@ -267,57 +357,13 @@ class LLaDAForMaskedDiffusion(nn.Module):
         """Load HF-named tensors, checking names and full shapes against the layout.
 
         Raises :class:`CheckpointLayoutError` naming every unknown, missing or
-        mis-shaped tensor.
+        mis-shaped tensor; only tensors that fit the layout reach the loader.
         """
-        expected = checkpoint_shapes(self.config)
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
-        unknown: list[str] = []
-        misshaped: list[str] = []
-        present: set[str] = set()
-        for name, tensor in weights:
-            if name.startswith(IGNORED_PREFIXES):
-                logger.info("Skipping %s (not used for inference).", name)
-                continue
-            if name not in expected:
-                unknown.append(name)
-                continue
-            present.add(name)
-            if tuple(tensor.shape) != expected[name]:
-                misshaped.append(
-                    f"{name}: checkpoint {tuple(tensor.shape)}, "
-                    f"expected {expected[name]}"
-                )
-                continue
-            loaded.add(self._load_one(params, name, tensor))
-        missing = sorted(set(expected) - present)
-        problems = []
-        if unknown:
-            problems.append(f"unknown tensors: {', '.join(sorted(unknown))}")
-        if misshaped:
-            problems.append(f"tensors with the wrong shape: {'; '.join(misshaped)}")
-        if missing:
-            problems.append(f"missing tensors: {', '.join(missing)}")
-        if problems:
-            raise CheckpointLayoutError(
-                f"Checkpoint does not match the {self.config.model_type} layout of "
-                f"its config.json ({' | '.join(problems)})."
-            )
+        check = _LayoutCheck(self.config)
+        loader = AutoWeightsLoader(self)
+        loaded = loader.load_weights(check.filter(weights))
+        check.raise_for_problems()
         return loaded
-
-    @staticmethod
-    def _load_one(params: dict, name: str, tensor: torch.Tensor) -> str:
-        parts = name.split(".")
-        for ckpt_module, fused, shard in _STACKED:
-            if len(parts) >= 2 and parts[-2] == ckpt_module:
-                parts[-2] = fused
-                param_name = ".".join(parts)
-                param = params[param_name]
-                param.weight_loader(param, tensor, shard)
-                return param_name
-        param = params[name]
-        getattr(param, "weight_loader", default_weight_loader)(param, tensor)
-        return name
 
 
 # The checkpoints' ``architectures`` strings all name this class.
