@@ -47,4 +47,9 @@ def register() -> None:
     # ``vllm serve`` loads our stat logger from its entry point; the offline
     # ``LLMEngine`` loads no stat-logger plugins, so it gets it here.
     install_offline_stat_logger()
+    # Infilling requests report their filled prompt (dynin_vllm.engine.infill).
+    from dynin_vllm import vllm_private
+    from dynin_vllm.engine.infill import apply_filled_prompt
+
+    vllm_private.wrap_request_outputs(apply_filled_prompt)
     _registered = True

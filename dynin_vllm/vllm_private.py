@@ -28,6 +28,8 @@ Public alternatives do not exist for these seams in the V1 engine:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 #: V1 model-runner methods (``GPUModelRunner``; ``CPUModelRunner`` inherits
@@ -210,6 +212,33 @@ SUBCLASSED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
     ),
 }
 
+#: vLLM classes we do not subclass but read (instance attributes) or wrap
+#: (methods, with their parameter names); same layout as :data:`SUBCLASSED`.
+TOUCHED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
+    "vllm.v1.worker.gpu_input_batch:InputBatch": (
+        {},
+        ("req_ids", "token_ids_cpu", "num_computed_tokens_cpu"),
+    ),
+    "vllm.v1.engine.output_processor:RequestState": (
+        {
+            "_new_request_output": (
+                "self",
+                "external_req_id",
+                "outputs",
+                "finished",
+                "kv_transfer_params",
+                "ec_transfer_params",
+                "error",
+            )
+        },
+        ("prompt", "prompt_token_ids", "detokenizer"),
+    ),
+    "vllm.v1.engine:EngineCoreOutput": (
+        {},
+        ("request_id", "finish_reason", "kv_transfer_params"),
+    ),
+}
+
 #: Keyword arguments we pass to vLLM constructors: each must stay a
 #: parameter, and every required parameter must be among them.
 CALL_KEYWORDS: dict[str, tuple[str, ...]] = {
@@ -340,6 +369,52 @@ def sampler_output_cls() -> type:
     from vllm.v1.outputs import SamplerOutput
 
     return SamplerOutput
+
+
+def model_runner_output_cls() -> type:
+    from vllm.v1.outputs import ModelRunnerOutput
+
+    return ModelRunnerOutput
+
+
+def wrap_request_outputs(
+    transform: Callable[[Any, dict[str, Any] | None], dict[str, Any] | None],
+) -> None:
+    """Front end: pass each request output's ``kv_transfer_params`` through
+    ``transform(request_state, params)`` before vLLM builds the output.
+
+    ``request_state`` is the front end's per-request state (its ``prompt`` and
+    ``prompt_token_ids`` may be rewritten). Idempotent.
+    """
+    from vllm.v1.engine.output_processor import RequestState
+
+    original = RequestState._new_request_output
+    if getattr(original, "__dynin_wrapped__", False):
+        return
+
+    @functools.wraps(original)
+    def _new_request_output(
+        self: Any,
+        external_req_id: str,
+        outputs: Any,
+        finished: bool,
+        kv_transfer_params: dict[str, Any] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        kv_transfer_params = transform(self, kv_transfer_params)
+        return original(
+            self,
+            external_req_id,
+            outputs,
+            finished,
+            kv_transfer_params,
+            *args,
+            **kwargs,
+        )
+
+    _new_request_output.__dynin_wrapped__ = True  # type: ignore[attr-defined]
+    RequestState._new_request_output = _new_request_output
 
 
 def fail_request_next_step(scheduler: Any, req_id: str) -> None:

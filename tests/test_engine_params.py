@@ -26,6 +26,7 @@ CHECKPOINT_DEFAULTS = {
     "threshold": 0.9,
     "cfg_scale": 0.5,
     "mode": "exact",
+    "infill": False,
 }
 SERVER_OVERRIDES = {"mode": "block", "cfg_scale": 0.0}
 NONE = {"factor": None, "canvas": None, "uncond_prompt_token_ids": None}
@@ -77,6 +78,7 @@ def test_checkpoint_and_server_defaults_reach_the_denoiser(configured_llm):
         "threshold": 0.9,
         "cfg_scale": 0.0,  # --override-generation-config over the checkpoint
         "mode": "block",
+        "infill": False,
         "seed": 5,  # SamplingParams.seed
         "task": "text",
         **NONE,

@@ -10,6 +10,7 @@ from tests.engine_utils import StatsRecorder, make_llm, shutdown
 pytestmark = pytest.mark.engine
 
 SEED = 5
+MASK = 126336
 
 
 def _requests():
@@ -19,6 +20,8 @@ def _requests():
     extras = [{}, {}, {"threshold": 0.3}, {"steps": 20}, {"cfg_scale": 1.0}, {}]
     for i, (mode, extra) in enumerate(zip(modes, extras, strict=True)):
         prompt = [*base[:-1], 400 + i]
+        if i in (1, 2, 5):  # infill: holes restored when a block restarts
+            prompt[3] = prompt[11] = MASK
         config = {"mode": mode, "block_length": 8, "steps": 48, **extra}
         yield f"req{i}", prompt, config
 
@@ -74,13 +77,10 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
         shutdown(llm)
     for (name, prompt, config), out in zip(cases, outputs, strict=True):
         want = reference_generate(
-            reference_model,
-            prompt,
-            gen_length=48,
-            seed=SEED,
-            **{k: v for k, v in config.items()},
-        ).answer
-        assert list(out.outputs[0].token_ids) == want, name
+            reference_model, prompt, gen_length=48, seed=SEED, infill=True, **config
+        )
+        assert list(out.outputs[0].token_ids) == want.answer, name
+        assert list(out.prompt_token_ids) == want.prompt, name
     assert too_big.outputs[0].finish_reason == "error"
     assert list(healthy.outputs[0].token_ids) == list(outputs[0].outputs[0].token_ids)
 

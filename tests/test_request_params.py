@@ -11,9 +11,11 @@ from vllm.exceptions import VLLMValidationError
 from dynin_vllm.diffusion.params import (
     BUILTIN_DEFAULTS,
     RESOLVED_KEY,
+    DiffusionParamError,
     DiffusionParams,
     parse_params,
 )
+from dynin_vllm.engine import infill
 from dynin_vllm.engine.validation import (
     ResolvedParamsError,
     is_validator_name,
@@ -104,3 +106,67 @@ def test_the_engine_never_parses_a_request_it_was_not_given_resolved():
 
 def test_builtin_defaults_are_complete():
     assert set(BUILTIN_DEFAULTS) <= {f for f in DiffusionParams.__dataclass_fields__}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, True),
+        (False, False),
+        (1, True),
+        (0, False),
+        ("true", True),
+        ("False", False),
+    ],
+)
+def test_infill_accepts_json_and_vllm_xargs_booleans(value, expected):
+    # vllm_xargs turns JSON true/false into 1/0.
+    assert parse_params({"infill": value}).infill is expected
+
+
+@pytest.mark.parametrize("value", [2, "yes", None, 0.5])
+def test_infill_rejects_other_values_naming_it(value):
+    with pytest.raises(DiffusionParamError) as err:
+        parse_params({"infill": value})
+    assert err.value.parameter == "infill"
+
+
+def test_infill_is_on_by_default_and_never_in_block_mode():
+    assert parse_params({}).fills_prompt
+    assert not parse_params({"mode": "block"}).fills_prompt
+    assert not parse_params({"infill": False}).fills_prompt
+
+
+class _Tokenizer:
+    """Decodes one id to the text a byte-level tokenizer would give it."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        (token,) = ids
+        return {126336: "<|mdm_mask|>", 7: " Paris", 8: " big"}[token]
+
+
+class _State:
+    def __init__(self, prompt, prompt_token_ids):
+        self.prompt = prompt
+        self.prompt_token_ids = prompt_token_ids
+        self.detokenizer = type("D", (), {"tokenizer": _Tokenizer()})()
+
+
+def test_the_front_end_rewrites_the_prompt_with_its_fills():
+    state = _State("A<|mdm_mask|> is<|mdm_mask|>.", [1, 126336, 2, 126336, 3])
+    params = infill.attach({"other": 1}, [1, 3], [7, 126336])
+    assert infill.apply_filled_prompt(state, params) == {"other": 1}
+    assert state.prompt_token_ids == [1, 7, 2, 126336, 3]
+    assert state.prompt == "A Paris is<|mdm_mask|>."  # an unfilled hole stays
+    # Outputs without fills pass through untouched.
+    assert infill.apply_filled_prompt(state, None) is None
+    assert infill.apply_filled_prompt(state, {"x": 2}) == {"x": 2}
+    only = infill.attach(None, [1], [8])
+    assert infill.apply_filled_prompt(_State(None, [1, 126336]), only) is None
+
+
+def test_a_prompt_text_that_does_not_spell_the_holes_is_left_alone():
+    state = _State("token ids given", [1, 126336])
+    infill.apply_filled_prompt(state, infill.attach(None, [1], [7]))
+    assert state.prompt == "token ids given"
+    assert state.prompt_token_ids == [1, 7]

@@ -175,3 +175,96 @@ def test_bad_parameter_gets_400_naming_it_and_server_keeps_serving(server):
         f"{base}/v1/completions", json={"model": model, **COMPLETION}, timeout=120
     )
     assert ok.status_code == 200
+
+
+MASK = 126336
+
+
+def _infill_reference(reference_model, prompt_ids, block_length, **kwargs):
+    """The reference answer (to its EOS) and the prompt as that block left it."""
+    ref = reference_generate(
+        reference_model, prompt_ids, block_length=block_length, **kwargs
+    )
+    answer = truncate_at_eos(ref.answer, {EOS})
+    return answer, ref.prompt_after_block[(len(answer) - 1) // block_length]
+
+
+def test_chat_with_mask_tokens_fills_them(server, tokenizer, reference_model):
+    """``<|mdm_mask|>`` in a chat message is filled (``infill``, on by default);
+    the filled prompt comes back in ``prompt_token_ids``. ``infill: false``
+    keeps the mask ids as fixed tokens."""
+    base, model = server
+    messages = [{"role": "user", "content": "Paris is the capital of<|mdm_mask|>."}]
+    xargs = {"block_length": 4, "steps": 8, "mode": "exact"}
+    text = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False
+    )
+    prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert prompt_ids.count(MASK) == 1
+    for infill in (True, False):
+        answer, prompt = _infill_reference(
+            reference_model,
+            prompt_ids,
+            4,
+            gen_length=8,
+            steps=8,
+            mode="exact",
+            infill=infill,
+        )
+        response = requests.post(
+            f"{base}/v1/chat/completions",
+            json={
+                "model": model,
+                "messages": messages,
+                "max_tokens": 8,
+                "temperature": 0,
+                "return_token_ids": True,
+                "vllm_xargs": {**xargs, "infill": infill},
+            },
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["prompt_token_ids"] == prompt
+        assert (MASK in prompt) is (not infill) or prompt[
+            prompt_ids.index(MASK)
+        ] == MASK
+        content = tokenizer.decode(answer, skip_special_tokens=True)
+        assert body["choices"][0]["message"]["content"] == content
+
+
+def test_completion_echo_shows_the_filled_prompt(server, tokenizer, reference_model):
+    base, model = server
+    text = "The capital of<|mdm_mask|> is<|mdm_mask|>."
+    prompt_ids = tokenizer(text).input_ids
+    answer, prompt = _infill_reference(
+        reference_model,
+        prompt_ids,
+        4,
+        gen_length=8,
+        steps=8,
+        mode="prefix",
+        infill=True,
+    )
+    response = requests.post(
+        f"{base}/v1/completions",
+        json={
+            "model": model,
+            "prompt": text,
+            "max_tokens": 8,
+            "temperature": 0,
+            "echo": True,
+            "vllm_xargs": {"block_length": 4, "steps": 8},
+        },
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    fills = [prompt[i] for i, t in enumerate(prompt_ids) if t == MASK]
+    assert fills != [MASK, MASK]
+
+    def piece(token: int) -> str:
+        return tokenizer.decode([token], skip_special_tokens=False)
+
+    filled_text = f"The capital of{piece(fills[0])} is{piece(fills[1])}."
+    expected = filled_text + tokenizer.decode(answer, skip_special_tokens=True)
+    assert response.json()["choices"][0]["text"] == expected

@@ -301,10 +301,13 @@ def _attention_backend(name: str) -> type:
 # --------------------------------------------------------------------------
 # The tables match the installed vLLM
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("path", sorted(vllm_private.SUBCLASSED))
+TABLES = {**vllm_private.SUBCLASSED, **vllm_private.TOUCHED}
+
+
+@pytest.mark.parametrize("path", sorted(TABLES))
 def test_overridden_private_methods_keep_their_parameters(path):
     cls = _resolve(path)
-    signatures, attributes = vllm_private.SUBCLASSED[path]
+    signatures, attributes = TABLES[path]
     changed = {
         name: _params(getattr(cls, name)) if hasattr(cls, name) else "missing"
         for name, params in signatures.items()

@@ -34,6 +34,9 @@ class DraftSpan:
     req_id: str
     first_row: int
     num_rows: int
+    # Row of prompt position 0 when the forward covers the whole prompt, else
+    # -1 (infill: the prompt's holes get logits only from such forwards).
+    prompt_row: int = -1
 
 
 @dataclass
@@ -45,8 +48,12 @@ class StepPlan:
     states: list[RequestState]  # requests updated this step (main branches)
     uncond_ids: list[str | None]  # their CFG partners, if any
     row_slot: torch.Tensor  # per cond row: index into ``states``
-    row_offset: torch.Tensor  # per cond row: position inside the block
+    # Per cond row: column in the request's candidate row, which holds its
+    # open prompt holes (if visible this step) and then its current block.
+    row_column: torch.Tensor
+    row_position: torch.Tensor  # per cond row: answer-relative position
     uncond_row_index: torch.Tensor | None  # per cond row: row in the logits tensor
+    hole_indices: list[torch.Tensor]  # per state: holes that are candidates
 
 
 def new_seed() -> int:
@@ -73,11 +80,16 @@ class Denoiser:
         *,
         answer_len: int,
         temperature: float,
+        prompt: Sequence[int] = (),
     ) -> RequestState:
         """Start tracking a request whose answer region has ``answer_len`` slots.
 
-        ``params`` are used as they are (resolved by the caller).
+        ``params`` are used as they are (resolved by the caller). With
+        ``params.fills_prompt`` the mask ids of ``prompt`` are denoised too.
         """
+        holes = torch.zeros(0, dtype=torch.int64)
+        if params.fills_prompt and prompt:
+            holes = (torch.tensor(prompt) == self.mask_id).nonzero().flatten()
         if params.canvas is not None:
             initial = torch.tensor(params.canvas[:answer_len], dtype=torch.int64)
             answer_len = initial.numel()
@@ -91,6 +103,8 @@ class Denoiser:
             temperature=temperature if temperature >= GREEDY_EPS else 0.0,
             seed=params.seed if params.seed is not None else new_seed(),
             initial=initial,
+            holes=holes,
+            prompt_len=len(prompt),
         )
         self.states[req_id] = state
         return state
@@ -100,10 +114,14 @@ class Denoiser:
 
         The branch mirrors its request (same canvas, noise and schedule) and is
         updated with it; returns ``None`` when the request is already gone.
+        With the default unconditional prompt (the request's, every token but
+        the holes masked, as LLaDA's) the holes get guided logits and the
+        branch shows their values; with a custom one they are unguided.
         """
         main = self.states.get(main_id)
         if main is None:
             return None
+        mirrors_prompt = main.params.uncond_prompt_token_ids is None
         branch = RequestState(
             req_id=branch_id,
             params=main.params,
@@ -114,6 +132,8 @@ class Denoiser:
             initial=main.initial,
             cfg_partner=main_id,
             is_uncond=True,
+            holes=main.holes if mirrors_prompt else torch.zeros(0, dtype=torch.int64),
+            prompt_len=main.prompt_len,
         )
         main.cfg_partner = branch_id
         self.states[branch_id] = branch
@@ -128,6 +148,19 @@ class Denoiser:
         state.restart_block()
         return state.take_finished_blocks()
 
+    def prompt_patch(self, req_id: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(prompt positions, values)`` a request's forward must show at its
+        holes (a CFG branch shows its request's), or ``None`` without holes."""
+        state = self.states.get(req_id)
+        if state is None or not state.holes.numel():
+            return None
+        source = state
+        if state.is_uncond:
+            source = self.states.get(state.cfg_partner or "")
+            if source is None:
+                return None
+        return state.holes, source.hole_values
+
     def drafts(self, req_id: str) -> list[int]:
         """The canvas a request forwards next (its CFG branch mirrors it)."""
         state = self.states.get(req_id)
@@ -141,17 +174,19 @@ class Denoiser:
     # --- one step ----------------------------------------------------------
     def plan(self, spans: Sequence[DraftSpan]) -> StepPlan:
         """Choose the logits rows: the still-masked positions of each updated
-        request's current block (committed positions never need logits).
+        request's current block (committed positions never need logits), and
+        its open prompt holes when this forward shows them.
 
         A request is updated when its canvas was forwarded, and, for CFG, its
         unconditional branch was forwarded in the same step.
         """
         by_id = {span.req_id: span for span in spans}
+        empty = torch.zeros(0, dtype=torch.int64)
         states: list[RequestState] = []
         uncond_ids: list[str | None] = []
-        cond_starts: list[int] = []
-        uncond_starts: list[int] = []
-        offsets: list[torch.Tensor] = []
+        hole_indices: list[torch.Tensor] = []
+        cond_rows, uncond_rows, columns, positions = [], [], [], []
+        counts: list[int] = []
         for span in spans:
             state = self.states.get(span.req_id)
             if state is None or state.is_uncond or state.finished:
@@ -162,28 +197,49 @@ class Denoiser:
             partner = by_id.get(state.cfg_partner) if state.cfg_partner else None
             if state.params.uses_cfg and (partner is None or partner.num_rows < size):
                 continue  # its unconditional branch was not forwarded with it
+            holes = empty
+            if state.holes.numel() and span.prompt_row >= 0 and state.holes_visible():
+                holes = state.open_holes()
+            offsets = state.masked_offsets()
+            hole_pos = state.holes[holes]
+            cond_rows += [span.prompt_row + hole_pos, span.first_row + offsets]
+            columns += [torch.arange(holes.numel()), holes.numel() + offsets]
+            positions += [hole_pos - state.prompt_len, state.committed + offsets]
+            if partner is None:
+                uncond_rows.append(torch.full((holes.numel() + offsets.numel(),), -1))
+            else:
+                branch = self.states.get(partner.req_id)
+                guided = (
+                    branch is not None
+                    and branch.holes.numel() > 0
+                    and partner.prompt_row >= 0
+                )
+                uncond_rows += [
+                    partner.prompt_row + hole_pos
+                    if guided
+                    else torch.full_like(hole_pos, -1),
+                    partner.first_row + offsets,
+                ]
             states.append(state)
             uncond_ids.append(state.cfg_partner)
-            cond_starts.append(span.first_row)
-            uncond_starts.append(partner.first_row if partner else -1)
-            offsets.append(state.masked_offsets())
+            hole_indices.append(holes)
+            counts.append(holes.numel() + offsets.numel())
 
-        counts = torch.tensor([o.numel() for o in offsets], dtype=torch.int64)
-        row_slot = torch.repeat_interleave(torch.arange(len(offsets)), counts)
-        row_offset = (
-            torch.cat(offsets) if offsets else torch.zeros(0, dtype=torch.int64)
+        def cat(parts: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat(parts).to(torch.int64) if parts else empty
+
+        row_slot = torch.repeat_interleave(
+            torch.arange(len(states)), torch.tensor(counts, dtype=torch.int64)
         )
-        cond_rows = torch.tensor(cond_starts, dtype=torch.int64)[row_slot] + row_offset
-        num_cond = cond_rows.numel()
+        rows = cat(cond_rows)
+        num_cond = rows.numel()
         uncond_row_index = None
-        rows = cond_rows
-        if any(p is not None for p in uncond_ids):
-            starts = torch.tensor(uncond_starts, dtype=torch.int64)[row_slot]
-            has_cfg = starts >= 0
-            uncond_rows = (starts + row_offset)[has_cfg]
-            rows = torch.cat([cond_rows, uncond_rows])
+        uncond = cat(uncond_rows)
+        has_cfg = uncond >= 0
+        if bool(has_cfg.any()):
             index = torch.arange(num_cond, dtype=torch.int64)
-            index[has_cfg] = num_cond + torch.arange(uncond_rows.numel())
+            index[has_cfg] = num_cond + torch.arange(int(has_cfg.sum()))
+            rows = torch.cat([rows, uncond[has_cfg]])
             uncond_row_index = index
         return StepPlan(
             logits_rows=rows,
@@ -191,8 +247,10 @@ class Denoiser:
             states=states,
             uncond_ids=uncond_ids,
             row_slot=row_slot,
-            row_offset=row_offset,
+            row_column=cat(columns),
+            row_position=cat(positions),
             uncond_row_index=uncond_row_index,
+            hole_indices=hole_indices,
         )
 
     def step(self, plan: StepPlan, logits: torch.Tensor) -> dict[str, list[int]]:
@@ -206,7 +264,7 @@ class Denoiser:
         device = logits.device
         states = plan.states
         slot = plan.row_slot.to(device)
-        offset = plan.row_offset.to(device)
+        column = plan.row_column.to(device)
 
         def per_row(values: list[Any], dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype, device=device)[slot]
@@ -214,7 +272,7 @@ class Denoiser:
         temperature = per_row([s.temperature for s in states], torch.float32)
         seed = per_row([s.seed for s in states], torch.int64)
         step = per_row([s.noise_step for s in states], torch.int64)
-        position = per_row([s.committed for s in states], torch.int64) + offset
+        position = plan.row_position.to(device)
         cond = logits[: plan.num_cond_rows]
         uncond = cfg = None
         if plan.uncond_row_index is not None:
@@ -230,17 +288,19 @@ class Denoiser:
             random_conf = kernels.random_confidence(seed, step, position)
             conf = torch.where(is_random, random_conf.to(conf.dtype), conf)
 
-        width = max(s.block_size for s in states)
-        flat = slot * width + offset
+        num_holes = [h.numel() for h in plan.hole_indices]
+        width = max(n + s.block_size for n, s in zip(num_holes, states, strict=True))
+        flat = slot * width + column
         shape = (len(states), width)
         candidates = torch.full(shape, self.mask_id, dtype=torch.int64, device=device)
         candidates.view(-1)[flat] = ids
         confidence = torch.full(shape, float("-inf"), dtype=conf.dtype, device=device)
         confidence.view(-1)[flat] = conf
         current = torch.full(shape, -1, dtype=torch.int64)
-        for i, s in enumerate(states):
+        for i, (n, s) in enumerate(zip(num_holes, states, strict=True)):
             start, end = s.block_bounds
-            current[i, : end - start] = s.answer[start:end]
+            current[i, :n] = self.mask_id  # open holes
+            current[i, n : n + end - start] = s.answer[start:end]
         canvas = current.to(device)
         editable = canvas == self.mask_id
         num_transfer = torch.tensor(
@@ -260,10 +320,12 @@ class Denoiser:
 
         new_blocks = canvas.cpu()  # the step's one device-to-host copy
         emitted: dict[str, list[int]] = {}
-        for i, (state, uncond_id) in enumerate(
-            zip(states, plan.uncond_ids, strict=True)
+        for i, (state, uncond_id, holes) in enumerate(
+            zip(states, plan.uncond_ids, plan.hole_indices, strict=True)
         ):
-            tokens = state.apply_block(new_blocks[i])
+            n = holes.numel()
+            filled = (holes, new_blocks[i, :n]) if n else None
+            tokens = state.apply_block(new_blocks[i, n:], filled)
             emitted[state.req_id] = tokens
             if uncond_id is not None:
                 emitted[uncond_id] = list(tokens)

@@ -21,6 +21,9 @@ cfg_scale      classifier-free guidance scale (0 = off): ``u + (s+1)(c-u)``
 mode           ``prefix`` (Fast-dLLM prefix cache, default), ``exact`` (upstream:
                recompute everything each step) or ``block`` (write each block's
                KV once, never refresh)
+infill         fill the prompt's mask ids as upstream's samplers do (default
+               true; a prompt without mask ids is unaffected). ``false`` keeps
+               them as fixed tokens. ``block`` mode always keeps them fixed
 seed           seed of the counter-based noise (temperature > 0, random remasking)
 canvas         initial answer canvas: mask ids mixed with fixed ids (never changed)
 uncond_prompt_token_ids  prompt of the unconditional CFG branch (default: the
@@ -47,6 +50,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "factor": None,
     "cfg_scale": 0.0,
     "mode": "prefix",
+    "infill": True,
 }
 
 #: Every extra_args key this plugin reads.
@@ -97,11 +101,17 @@ class DiffusionParams:
     seed: int | None
     canvas: tuple[int, ...] | None
     uncond_prompt_token_ids: tuple[int, ...] | None
+    infill: bool = True
     task: str = "text"
 
     @property
     def uses_cfg(self) -> bool:
         return self.cfg_scale > 0.0
+
+    @property
+    def fills_prompt(self) -> bool:
+        """Whether the prompt's mask ids are denoised (not in ``block`` mode)."""
+        return self.infill and self.mode != "block"
 
     @property
     def dynamic_steps(self) -> bool:
@@ -155,6 +165,17 @@ def _float(name: str, value: Any) -> float:
     if not math.isfinite(value):
         raise DiffusionParamError(name, f"must be finite, got {value}")
     return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    # vLLM's ``vllm_xargs`` turns JSON true/false into 1/0.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise DiffusionParamError(name, f"expected true or false, got {value!r}")
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -234,6 +255,8 @@ def parse_params(
     if uncond is not None:
         uncond = _token_ids("uncond_prompt_token_ids", uncond, vocab_size)
 
+    infill = _flag("infill", merged["infill"])
+
     return DiffusionParams(
         block_length=_int("block_length", merged["block_length"], 1),
         steps=None if merged["steps"] is None else _int("steps", merged["steps"], 1),
@@ -245,6 +268,7 @@ def parse_params(
         seed=request_seed,
         canvas=canvas,
         uncond_prompt_token_ids=uncond,
+        infill=infill,
     )
 
 

@@ -5,6 +5,15 @@ A request's answer region of ``answer_len`` tokens starts as its initial canvas
 to right. ``committed`` counts the answer tokens already emitted: everything
 before it is final, the current block starts there, everything after it is
 still the initial canvas.
+
+With ``infill`` the prompt's mask ids ("holes") are denoised too (never in
+``block`` mode); see ``dynin_vllm.reference.sampler.generate`` for the rules.
+Threshold and factor decoding: an open hole is a candidate of every step
+that computes its logits (every step in ``exact``, a block's first, full
+forward in ``prefix``) and a block ends when it has no mask left. Fixed
+steps: a block's schedule spreads its masks and the open holes, every step
+shows the holes (in ``prefix`` each step is a full forward while they are
+open), and the block ends when both are filled.
 """
 
 from __future__ import annotations
@@ -36,9 +45,17 @@ class RequestState:
     num_steps: int = 0  # denoising forwards that updated this request
     cfg_partner: str | None = None
     is_uncond: bool = False
+    # Prompt positions of the holes being filled (empty without infill).
+    holes: torch.Tensor = field(
+        default_factory=lambda: torch.zeros(0, dtype=torch.int64)
+    )
+    prompt_len: int = 0
+    hole_values: torch.Tensor = field(init=False)  # current value of each hole
+    _holes_at_block_start: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         self.answer = self.initial.clone()
+        self.hole_values = torch.full_like(self.holes, self.mask_id)
         self._start_block()
 
     @property
@@ -72,13 +89,34 @@ class RequestState:
         start, end = self.block_bounds
         return (self.answer[start:end] == self.mask_id).nonzero().flatten()
 
+    def open_holes(self) -> torch.Tensor:
+        """Indices (into :attr:`holes`) of the holes still masked."""
+        return (self.hole_values == self.mask_id).nonzero().flatten()
+
+    def holes_pending(self) -> bool:
+        """Whether the block must also fill open holes before it ends (fixed
+        steps; a hole open past the schedule holds a committed mask id)."""
+        return (
+            not self.params.dynamic_steps
+            and self.step < len(self.schedule)
+            and bool(self.open_holes().numel())
+        )
+
+    def holes_visible(self) -> bool:
+        """Whether this step's forward gives the open holes candidate logits."""
+        if self.params.mode == "exact":
+            return True
+        return self.params.mode == "prefix" and (self.step == 0 or self.holes_pending())
+
     def _start_block(self) -> None:
         self.step = 0
+        self._holes_at_block_start = self.hole_values.clone()
         if self.params.dynamic_steps:
             self.schedule = []
         else:
             self.schedule = transfer_counts(
-                self.num_masked_in_block(), self.layout.steps_per_block
+                self.num_masked_in_block() + self.open_holes().numel(),
+                self.layout.steps_per_block,
             )
 
     def num_transfer(self) -> int:
@@ -88,6 +126,7 @@ class RequestState:
     def restart_block(self) -> None:
         """Forget the current block's progress (after a preemption)."""
         self.answer[self.committed :] = self.initial[self.committed :]
+        self.hole_values = self._holes_at_block_start.clone()
         self._start_block()
 
     def drafts(self) -> list[int]:
@@ -101,7 +140,11 @@ class RequestState:
     def take_finished_blocks(self) -> list[int]:
         """Emit every leading block with no mask left; returns their tokens."""
         emitted: list[int] = []
-        while not self.finished and self.num_masked_in_block() == 0:
+        while (
+            not self.finished
+            and self.num_masked_in_block() == 0
+            and not self.holes_pending()
+        ):
             start, end = self.block_bounds
             emitted += self.answer[start:end].tolist()
             self.committed = end
@@ -110,8 +153,15 @@ class RequestState:
                 self._start_block()
         return emitted
 
-    def apply_block(self, tokens: torch.Tensor) -> list[int]:
-        """Write the current block's new tokens, advance; return what to emit."""
+    def apply_block(
+        self,
+        tokens: torch.Tensor,
+        holes: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> list[int]:
+        """Write the current block's new tokens (and ``(hole indices, values)``
+        of this step's hole candidates), advance; return what to emit."""
+        if holes is not None:
+            self.hole_values[holes[0]] = holes[1]
         start, end = self.block_bounds
         self.answer[start:end] = tokens[: end - start]
         self.step += 1

@@ -11,11 +11,18 @@ KV of every canvas position not emitted (see ``scheduler.py``).
 
 Only the current block of each request gets logits (the canvas may span the
 whole answer), so the LM head and the scoring never see the masked suffix.
+
+Infilling: the prompt's mask ids ("holes") are denoised in place. The runner
+writes their current values into the input batch's prompt tokens before each
+forward (the scheduler's copy of the prompt never changes), asks for their
+logits when a forward covers the whole prompt, and reports their values to
+the scheduler with each step's output (``infill.PROMPT_FILLS_ATTR``).
 """
 
 from __future__ import annotations
 
 import collections
+import copy
 from typing import Any
 
 import numpy as np
@@ -24,7 +31,7 @@ from vllm.logger import init_logger
 
 from dynin_vllm import vllm_private
 from dynin_vllm.diffusion.denoiser import Denoiser, DraftSpan, StepPlan
-from dynin_vllm.engine import cfg
+from dynin_vllm.engine import cfg, infill
 from dynin_vllm.engine.defaults import answer_length
 from dynin_vllm.engine.validation import ResolvedParamsError, resolved_params
 
@@ -47,6 +54,7 @@ class DiffusionRunnerMixin:
         )
         self._step_plan: StepPlan | None = None
         self._prefill_emissions: dict[str, list[int]] = {}
+        self._step_fills: dict[str, list[int]] = {}
         self._recent_params: collections.deque[tuple[str, dict[str, Any]]] = (
             collections.deque(maxlen=self.RECENT_PARAMS)
         )
@@ -65,7 +73,17 @@ class DiffusionRunnerMixin:
         # Unconditional CFG branches mirror their request: add requests first.
         for req_id in sorted(new, key=lambda r: self._branch_of(r) is not None):
             self._add_request(req_id)
+        self._show_holes()
         return result
+
+    def _show_holes(self) -> None:
+        """Write each request's current hole values into its prompt tokens."""
+        token_ids = self.input_batch.token_ids_cpu
+        for row, req_id in enumerate(self.input_batch.req_ids):
+            patch = self.denoiser.prompt_patch(req_id)
+            if patch is not None:
+                positions, values = patch
+                token_ids[row, positions.numpy()] = values.numpy()
 
     def _branch_of(self, req_id: str) -> str | None:
         return cfg.branch_of(self.requests[req_id].sampling_params)
@@ -91,6 +109,7 @@ class DiffusionRunnerMixin:
                 sampling_params, len(state.prompt_token_ids or ()), self.max_model_len
             ),
             temperature=sampling_params.temperature,
+            prompt=state.prompt_token_ids or (),
         )
         self._recent_params.append((req_id, params.to_wire()))
 
@@ -100,12 +119,21 @@ class DiffusionRunnerMixin:
             scheduler_output, num_scheduled_tokens
         )
         ends = np.cumsum(num_scheduled_tokens)
+        computed = self.input_batch.num_computed_tokens_cpu
         scheduled_drafts = scheduler_output.scheduled_spec_decode_tokens
         spans = []
         for i, req_id in enumerate(self.input_batch.req_ids):
             drafts = scheduled_drafts.get(req_id)
             if drafts:
-                spans.append(DraftSpan(req_id, int(ends[i]) - len(drafts), len(drafts)))
+                first = int(ends[i]) - int(num_scheduled_tokens[i])
+                spans.append(
+                    DraftSpan(
+                        req_id,
+                        int(ends[i]) - len(drafts),
+                        len(drafts),
+                        prompt_row=first if computed[i] == 0 else -1,
+                    )
+                )
             elif req_id in self.denoiser.states:
                 # A prefill, first or after a preemption: (re)start the block.
                 self._prefill_emissions[req_id] = self.denoiser.restart(req_id)
@@ -118,6 +146,9 @@ class DiffusionRunnerMixin:
         emitted: dict[str, list[int]] = {}
         if plan is not None and logits is not None:
             emitted = self.denoiser.step(plan, logits)
+            self._step_fills = {
+                s.req_id: s.hole_values.tolist() for s in plan.states if s.holes.numel()
+            }
         emitted.update(self._prefill_emissions)
         self._prefill_emissions = {}
         req_ids = self.input_batch.req_ids
@@ -130,6 +161,14 @@ class DiffusionRunnerMixin:
         return vllm_private.sampler_output_cls()(
             sampled_token_ids=sampled.to(self.device), logprobs_tensors=None
         )
+
+    def sample_tokens(self, *args: Any, **kwargs: Any) -> Any:
+        output = super().sample_tokens(*args, **kwargs)
+        fills, self._step_fills = self._step_fills, {}
+        if fills and isinstance(output, vllm_private.model_runner_output_cls()):
+            output = copy.copy(output)  # never touch vLLM's shared empty output
+            setattr(output, infill.PROMPT_FILLS_ATTR, fills)
+        return output
 
     def _input_fits_in_drafter(self, common_attn_metadata: Any) -> bool:
         # The canvas never passes the answer region, which fits the context.

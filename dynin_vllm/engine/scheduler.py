@@ -24,6 +24,9 @@ is committed, which the accounting keeps. This subclass adds five things.
    CFG pair as one request.
 5. ``num_sampled_tokens_per_step = 0``: a step that emits nothing keeps
    nothing, as for vLLM's own diffusion models.
+6. **Infilling** (``infill.py``): the hole values the runner reports are
+   attached to a finishing request's output, for the front end to put back
+   into the prompt it reports.
 
 Each request's facts live in one :class:`RequestRecord`; the scheduling rules
 themselves are pure functions in ``scheduling.py``.
@@ -39,7 +42,7 @@ from vllm.logger import init_logger
 
 from dynin_vllm import vllm_private
 from dynin_vllm.diffusion.params import DiffusionParams
-from dynin_vllm.engine import cfg, scheduling
+from dynin_vllm.engine import cfg, infill, scheduling
 from dynin_vllm.engine.defaults import answer_length
 from dynin_vllm.engine.stats import DiffusionStatsBuilder
 from dynin_vllm.engine.validation import ResolvedParamsError, resolved_params
@@ -65,6 +68,8 @@ class RequestRecord:
     # reports them with a request's first output, so they wait here.
     pending_prompt_logprobs: Any = None
     stats_closed: bool = False  # its last step and step count are recorded
+    holes: list[int] | None = None  # prompt positions it fills (infill)
+    hole_values: list[int] | None = None  # their values after the last step
 
     @property
     def mode(self) -> str:
@@ -102,6 +107,9 @@ class DiffusionScheduler(Scheduler):
             vllm_private.fail_request_next_step(self, req_id)
             return
         record = RequestRecord(params)
+        if params.fills_prompt:
+            prompt = request.prompt_token_ids or ()
+            record.holes = [i for i, t in enumerate(prompt) if t == self._mask_id]
         self._records[req_id] = record
         if params.canvas is not None:
             # The canvas is the whole answer: finish ("length") when it is done.
@@ -243,8 +251,12 @@ class DiffusionScheduler(Scheduler):
                 record.num_steps += 1
                 record.last_canvas = list(canvas)
                 record.last_emitted = num_emitted
+        for req_id, values in infill.prompt_fills(model_runner_output).items():
+            if (record := self._records.get(req_id)) is not None:
+                record.hole_values = values
         branches = {r for r in self._records if self._is_uncond(r)}
         outputs = super().update_from_output(scheduler_output, model_runner_output)
+        self._attach_filled_prompts(outputs)
         for req_id, num_emitted in emitted.items():
             request = self.requests.get(req_id)
             if request is None or request.status != RequestStatus.RUNNING:
@@ -255,6 +267,20 @@ class DiffusionScheduler(Scheduler):
         self._retired_branches.clear()
         self._retire_finished()
         return outputs
+
+    def _attach_filled_prompts(self, outputs: dict) -> None:
+        for engine_outputs in outputs.values():
+            for output in engine_outputs.outputs:
+                record = self._records.get(output.request_id)
+                if (
+                    output.finish_reason is not None
+                    and record is not None
+                    and record.holes
+                    and record.hole_values is not None
+                ):
+                    output.kv_transfer_params = infill.attach(
+                        output.kv_transfer_params, record.holes, record.hole_values
+                    )
 
     def update_draft_token_ids(self, draft_token_ids: Any) -> None:
         super().update_draft_token_ids(draft_token_ids)
@@ -326,10 +352,24 @@ class DiffusionScheduler(Scheduler):
         if mode == "exact":
             request.num_computed_tokens = 0
         elif mode == "prefix":
-            if num_emitted or not had_drafts:
+            if num_emitted or not had_drafts or self._holes_pending(record):
                 request.num_computed_tokens = 0
         elif mode == "block" and num_emitted and had_drafts:
             request.num_computed_tokens -= num_emitted
+
+    def _holes_pending(self, record: RequestRecord | None) -> bool:
+        """Fixed-step infill: a step shows the prompt (a full forward) while
+        holes are open (see ``dynin_vllm.diffusion.state``); a CFG branch
+        follows its request."""
+        if record is not None and record.role is cfg.Role.UNCOND:
+            record = self._records.get(record.partner or "")
+        return (
+            record is not None
+            and bool(record.holes)
+            and not record.params.dynamic_steps
+            and record.hole_values is not None
+            and self._mask_id in record.hole_values
+        )
 
     def _finish_orphans(self) -> None:
         """Finish the other half of CFG pairs that lost one (stop, length, abort).

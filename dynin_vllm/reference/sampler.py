@@ -25,7 +25,7 @@ reproducible draw for draw. Ties in confidence go to the lower position.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -39,6 +39,9 @@ MASK_ID = 126336
 class ReferenceResult:
     answer: list[int]  # the whole answer region (EOS fill included)
     nfe: int  # forwards that produced logits for a step (CFG pairs count once)
+    prompt: list[int] = field(default_factory=list)  # holes filled (``infill``)
+    # The prompt as it stood after each block (a request ends at its EOS block).
+    prompt_after_block: list[list[int]] = field(default_factory=list)
 
 
 def num_transfer_tokens(num_masked: int, steps: int) -> list[int]:
@@ -118,39 +121,88 @@ def generate(
     mask_id: int = MASK_ID,
     canvas: list[int] | None = None,
     uncond_prompt: list[int] | None = None,
+    infill: bool = False,
 ) -> ReferenceResult:
-    """Denoise one answer of ``gen_length`` tokens after ``prompt``."""
+    """Denoise one answer of ``gen_length`` tokens after ``prompt``.
+
+    With ``infill``, mask ids in the prompt ("holes") are filled too. Threshold
+    and factor decoding are upstream's: an open hole is a candidate of every
+    step that computes its logits (``exact``: every step, as Fast-dLLM's
+    ``generate``; ``prefix``: each block's first, full forward, as its
+    ``generate_with_prefix_cache``); a block ends when it has no mask left;
+    holes open after the last block stay mask ids. With a fixed number of
+    steps upstream counts only the block's masks and then runs out of
+    schedule (Fast-dLLM) or leaves answer masks (LLaDA); here the schedule of
+    a block spreads its masks *and* the open holes, every step shows the
+    holes (in ``prefix`` a step is a full forward while holes are open), and
+    the block ends when both are filled: the first block that denoises fills
+    every hole. With CFG the unconditional row masks the prompt's other
+    tokens and shows the holes' current values (LLaDA's
+    ``un_x[prompt_index] = mask_id``).
+    """
     answer = list(canvas) if canvas is not None else [mask_id] * gen_length
     gen_length = len(answer)
+    prompt = list(prompt)
     plen = len(prompt)
+    if infill and mode == "block":
+        raise ValueError("block mode keeps prompt mask ids fixed")
+    holes = [p for p, tok in enumerate(prompt) if tok == mask_id] if infill else []
     block_len = max(1, min(block_length, gen_length))
     num_blocks = math.ceil(gen_length / block_len)
     per_block = max(1, (steps if steps is not None else gen_length) // num_blocks)
     stride = max(per_block, block_len)
     dynamic = threshold is not None or factor is not None
-    branches = [list(prompt)]
-    if cfg_scale > 0:
-        branches.append(list(uncond_prompt) if uncond_prompt else [mask_id] * plen)
+    mirror = cfg_scale > 0 and not uncond_prompt  # the default unconditional row
 
-    caches: list = [None] * len(branches)
+    def heads() -> list[list[int]]:
+        rows = [list(prompt)]
+        if cfg_scale > 0:
+            if uncond_prompt:
+                rows.append(list(uncond_prompt))
+            else:
+                un = [mask_id] * plen
+                for p in holes:
+                    un[p] = prompt[p]
+                rows.append(un)
+        return rows
+
+    caches: list = [None] * (2 if cfg_scale > 0 else 1)
     nfe = 0
+    prompt_after_block: list[list[int]] = []
     for b in range(num_blocks):
         bs, be = b * block_len, min((b + 1) * block_len, gen_length)
         masked = sum(t == mask_id for t in answer[bs:be])
+        masked += sum(prompt[p] == mask_id for p in holes)
         schedule = None if dynamic else num_transfer_tokens(masked, per_block)
         i = 0
-        while any(t == mask_id for t in answer[bs:be]):
-            block_logits = []
-            for n, head in enumerate(branches):
+
+        while True:
+            open_now = [p for p in holes if prompt[p] == mask_id]
+            # (A hole stays open past the schedule only by a committed mask id.)
+            in_schedule = not dynamic and i < len(schedule) and schedule[i] > 0
+            holes_pending = in_schedule and bool(open_now)
+            if mask_id not in answer[bs:be] and not holes_pending:
+                break
+            # A full forward: every step in exact, a block's first in prefix,
+            # and (fixed steps) every step while holes are open.
+            full_step = mode == "exact" or (
+                mode == "prefix" and (i == 0 or holes_pending)
+            )
+            open_holes = open_now if full_step else []
+            block_logits, hole_logits = [], []
+            for n, head in enumerate(heads()):
                 seq = torch.tensor([head + answer])
                 start = len(head) + bs
+                full = None
                 if mode == "exact":
-                    rows = model.logits(seq)[0, start : start + be - bs]
+                    full = model.logits(seq)[0]
+                    rows = full[start : start + be - bs]
                 elif mode == "prefix":
-                    if i == 0:
-                        full, cache = model.forward(seq, return_cache=True)
+                    if full_step:
+                        out, cache = model.forward(seq, return_cache=True)
+                        full = out[0]
                         caches[n] = truncate(cache, start)
-                        rows = full[0, start : start + be - bs]
+                        rows = full[start : start + be - bs]
                     else:
                         out, _ = model.forward(
                             seq[:, start:], start=start, cache=caches[n]
@@ -183,29 +235,44 @@ def generate(
                 else:
                     raise ValueError(f"unknown mode {mode!r}")
                 block_logits.append(rows)
+                if open_holes and (n == 0 or mirror):
+                    hole_logits.append(full[open_holes])
             nfe += 1
-            logits = block_logits[0]
-            if cfg_scale > 0:
-                un = block_logits[1]
-                logits = un + (cfg_scale + 1) * (logits - un)
-            t = b * stride + i
+
+            def guided(rows: list[torch.Tensor]) -> torch.Tensor:
+                if len(rows) < 2:
+                    return rows[0]
+                return rows[1] + (cfg_scale + 1) * (rows[0] - rows[1])
+
+            logits = guided(block_logits)
             positions = list(range(bs, be))
+            if open_holes:
+                logits = torch.cat([guided(hole_logits), logits])
+                positions = [p - plen for p in open_holes] + positions
+            t = b * stride + i
             x0, conf = _choose(logits, temperature, seed, t, positions)
             if remasking == "random":
                 u = noise.uniform_rows(
-                    torch.full((be - bs,), seed),
+                    torch.full((len(positions),), seed),
                     noise.REMASK,
-                    torch.full((be - bs,), t),
+                    torch.full((len(positions),), t),
                     torch.tensor(positions),
                     1,
                 )
                 conf = u[:, 0].tolist()
-            editable = [tok == mask_id for tok in answer[bs:be]]
+            editable = [True] * len(open_holes)
+            editable += [tok == mask_id for tok in answer[bs:be]]
             k = None if dynamic else schedule[i]
             for j in _select(conf, editable, k, threshold, factor):
-                answer[bs + j] = x0[j]
+                if j < len(open_holes):
+                    prompt[open_holes[j]] = x0[j]
+                else:
+                    answer[bs + j - len(open_holes)] = x0[j]
             i += 1
-    return ReferenceResult(answer=answer, nfe=nfe)
+        prompt_after_block.append(list(prompt))
+    return ReferenceResult(
+        answer=answer, nfe=nfe, prompt=prompt, prompt_after_block=prompt_after_block
+    )
 
 
 def truncate_at_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
