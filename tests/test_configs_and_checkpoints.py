@@ -163,3 +163,17 @@ def test_llada_template_keeps_the_blank_line_after_headers():
         "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n"
     )
+
+
+def test_pipeline_parallelism_is_refused_naming_it(dynin_checkpoint):
+    from vllm.engine.arg_utils import EngineArgs
+
+    import dynin_vllm
+    from dynin_vllm.testing.engine_args import ENGINE_ARGS
+
+    dynin_vllm.register()
+    args = EngineArgs(
+        model=str(dynin_checkpoint), pipeline_parallel_size=2, **ENGINE_ARGS
+    )
+    with pytest.raises(ValueError, match="Pipeline parallelism is not supported"):
+        args.create_engine_config()

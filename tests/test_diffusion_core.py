@@ -141,3 +141,18 @@ def test_restart_forgets_the_current_block_progress():
     den.restart("r")
     assert den.drafts("r") == [MASK] * 4
     assert den.states["r"].schedule == [1, 1, 1, 1]
+
+
+def test_fingerprint_tracks_every_request_s_progress():
+    """Tensor-parallel ranks compare it each step (see the runner)."""
+    a, b = Denoiser(mask_id=9, vocab_size=16), Denoiser(mask_id=9, vocab_size=16)
+    for den in (a, b):
+        den.add_request(
+            "r", parse_params({"block_length": 2}), answer_len=4, temperature=0
+        )
+    assert a.fingerprint() == b.fingerprint()
+    b.states["r"].answer[1] = 3
+    assert a.fingerprint() != b.fingerprint()
+    b.states["r"].answer[1] = 9
+    b.states["r"].step = 1
+    assert a.fingerprint() != b.fingerprint()

@@ -11,6 +11,7 @@ All per-step math is batched tensor code; only bookkeeping is per request.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -160,6 +161,20 @@ class Denoiser:
             if source is None:
                 return None
         return state.holes, source.hole_values
+
+    def fingerprint(self) -> int:
+        """A digest of every request's progress (canvas, holes, block
+        and step): equal on every tensor-parallel rank while they agree."""
+        digest = hashlib.blake2b(digest_size=8)
+        for req_id in sorted(self.states):
+            s = self.states[req_id]
+            digest.update(req_id.encode())
+            digest.update(
+                torch.tensor([s.committed, s.block, s.step]).numpy().tobytes()
+            )
+            digest.update(s.answer.numpy().tobytes())
+            digest.update(s.hole_values.numpy().tobytes())
+        return int.from_bytes(digest.digest(), "little") % (1 << 50)
 
     def drafts(self, req_id: str) -> list[int]:
         """The canvas a request forwards next (its CFG branch mirrors it)."""

