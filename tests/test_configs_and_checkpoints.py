@@ -177,3 +177,18 @@ def test_pipeline_parallelism_is_refused_naming_it(dynin_checkpoint):
     )
     with pytest.raises(ValueError, match="Pipeline parallelism is not supported"):
         args.create_engine_config()
+
+
+def test_tensor_parallel_size_must_divide_the_heads(dynin_checkpoint):
+    """As in stock vLLM: a clear start-up error, before any process starts."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    import dynin_vllm
+    from dynin_vllm.testing.engine_args import ENGINE_ARGS
+
+    dynin_vllm.register()
+    args = EngineArgs(
+        model=str(dynin_checkpoint), tensor_parallel_size=3, **ENGINE_ARGS
+    )
+    with pytest.raises(ValueError, match=r"attention heads \(2\) must be divisible"):
+        args.create_engine_config()

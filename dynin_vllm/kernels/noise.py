@@ -19,6 +19,7 @@ import torch
 GUMBEL = 0  # per (position, vocabulary id): token sampling
 REMASK = 1  # per position: confidences for ``remasking="random"``
 MASKGIT = 2  # per position: MaskGIT's randomised re-masking
+LIKELIHOOD = 3  # per Monte Carlo batch and row: masking ratio and masked set
 
 
 def _s64(value: int) -> int:
