@@ -23,7 +23,9 @@ CORE = [
     "tqdm",
 ]
 
-TEST = ["pytest>=8", "ruff>=0.6", "requests"]
+# lm-evaluation-harness, to evaluate through ``vllm serve`` (README "Evaluation").
+LM_EVAL = ["lm-eval[api]>=0.4.8"]
+TEST = ["pytest>=8", "ruff>=0.6", "requests", *LM_EVAL]
 BENCH = ["matplotlib"]
 
 packages = find_packages(include=["dynin_vllm", "dynin_vllm.*"])
@@ -46,6 +48,7 @@ setup(
         "cuda": [VLLM_CUDA, "triton"],
         "test": TEST,
         "bench": BENCH,
+        "lm-eval": LM_EVAL,
     },
     entry_points={
         "vllm.general_plugins": ["dynin_vllm = dynin_vllm:register"],

@@ -268,3 +268,82 @@ def test_completion_echo_shows_the_filled_prompt(server, tokenizer, reference_mo
     filled_text = f"The capital of{piece(fills[0])} is{piece(fills[1])}."
     expected = filled_text + tokenizer.decode(answer, skip_special_tokens=True)
     assert response.json()["choices"][0]["text"] == expected
+
+
+LM_EVAL_TASK = """\
+task: dynin_local_qa
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+process_results: !function scoring.process_results
+generation_kwargs:
+  until: ["<|endoftext|>"]
+  max_gen_toks: 8
+  temperature: 0
+  vllm_xargs:
+    block_length: 4
+    steps: 8
+    mode: exact
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+LM_EVAL_SCORING = """\
+def process_results(doc, results):
+    return {"acc": float(results[0] == doc["answer"])}
+"""
+
+
+def test_lm_eval_local_task_end_to_end(server, tokenizer, reference_model, tmp_path):
+    """lm-eval's ``local-completions`` model runs a local ``generate_until``
+    task through the server, with the denoising settings in the task's
+    ``generation_kwargs``; its score is the one the reference gives."""
+    import os
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    base, model = server
+    questions = ["Name a color.", "Count to three.", "Say hello.", "Pick a number."]
+    expected = []
+    for question in questions:
+        ids = tokenizer(question).input_ids
+        answer = reference_generate(
+            reference_model, ids, gen_length=8, block_length=4, steps=8, mode="exact"
+        ).answer
+        expected.append(
+            tokenizer.decode(truncate_at_eos(answer, {EOS}), skip_special_tokens=True)
+        )
+    # Half the targets are the reference answers, half are not.
+    docs = [
+        {"question": q, "answer": a if i % 2 == 0 else a + " (wrong)"}
+        for i, (q, a) in enumerate(zip(questions, expected, strict=True))
+    ]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "dynin_local_qa.yaml").write_text(LM_EVAL_TASK.format(data=data))
+    (tmp_path / "scoring.py").write_text(LM_EVAL_SCORING)
+
+    results = simple_evaluate(
+        model="local-completions",
+        model_args=(
+            f"model={model},base_url={base}/v1/completions,"
+            f"tokenizer={tokenizer.name_or_path},tokenized_requests=False,"
+            "num_concurrent=2,max_retries=1"
+        ),
+        tasks=["dynin_local_qa"],
+        task_manager=TaskManager(include_path=str(tmp_path)),
+        log_samples=True,
+    )
+    samples = results["samples"]["dynin_local_qa"]
+    responses = {s["doc"]["question"]: s["filtered_resps"][0] for s in samples}
+    assert responses == dict(zip(questions, expected, strict=True))
+    assert results["results"]["dynin_local_qa"]["acc,none"] == 0.5
