@@ -178,16 +178,16 @@ def run_batch(llm, batch: int, params, block: int | None) -> dict:
 def forwards_per_token(result: dict, mode: str | None) -> float | None:
     """Engine forwards per output token of one request.
 
-    Denoising steps, plus the prompt prefill, plus (``prefix``) one refresh per
-    block; for AR, one forward per token plus the prefill.
+    Denoising steps plus the prompt prefill, in every mode: ``prefix``'s
+    block-start refresh is the block's first denoising step, not an extra
+    forward (``tests/test_engine_forwards.py`` counts the engine iterations).
+    For AR, one forward per token plus the prefill.
     """
     tokens = result["output_tokens"] / result["batch"]
     if mode is None:
         return (tokens + 1) / tokens
     steps = result["denoising_steps_per_request"] or 0
-    blocks = -(-ANSWER_LEN // BLOCK_LENGTH)
-    extra = 1 + (blocks if mode == "prefix" else 0)
-    return (steps + extra) / tokens
+    return (steps + 1) / tokens
 
 
 def bench_dynin(path: Path, batches, quick: bool) -> list[dict]:

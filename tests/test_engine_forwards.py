@@ -1,0 +1,66 @@
+"""Every engine forward of a request, after its prompt prefill, is a denoising step.
+
+The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``),
+so one ``LLMEngine.step()`` is one engine iteration and a lone request's
+forwards can be counted. In every mode a request takes one prefill plus its
+schedule's steps: ``prefix``'s block-start refresh is the block's first step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+
+from tests.engine_utils import make_llm, shutdown
+
+pytestmark = pytest.mark.engine
+
+ANSWER, BLOCK = 32, 8
+
+
+@pytest.fixture(scope="module")
+def inprocess_llm(dynin_checkpoint):
+    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        llm = make_llm(dynin_checkpoint)
+    finally:
+        if saved is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
+    yield llm
+    shutdown(llm)
+
+
+@pytest.mark.parametrize(
+    ("mode", "tokens_per_step"),
+    list(itertools.product(("exact", "prefix", "block"), (1, 4))),
+)
+def test_forwards_are_the_prefill_and_the_schedule(
+    inprocess_llm, mode, tokens_per_step
+):
+    from vllm import SamplingParams
+
+    engine = inprocess_llm.llm_engine
+    steps = ANSWER // tokens_per_step
+    engine.add_request(
+        f"{mode}-{tokens_per_step}",
+        {"prompt_token_ids": [126080, *range(10, 30)]},
+        SamplingParams(
+            max_tokens=ANSWER,
+            temperature=0,
+            ignore_eos=True,
+            extra_args={"mode": mode, "block_length": BLOCK, "steps": steps},
+        ),
+    )
+    iterations, finished = 0, None
+    while engine.has_unfinished_requests():
+        iterations += 1
+        finished = next((o for o in engine.step() if o.finished), finished)
+    assert finished is not None and len(finished.outputs[0].token_ids) == ANSWER
+    denoising = finished.outputs[0].spec_decode_metrics.to_dict()["num_spec_steps"]
+    assert denoising == steps
+    assert iterations == 1 + steps
