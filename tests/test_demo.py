@@ -50,6 +50,10 @@ def test_offline_example_reports_steps(dynin_checkpoint):
     lines = [line for line in result.stdout.splitlines() if " tokens in " in line]
     assert len(lines) == 4  # two conversations x two settings
     assert all(line.endswith("steps") for line in lines)
+    (filled,) = [
+        line for line in result.stdout.splitlines() if "filled prompt:" in line
+    ]
+    assert "The capital of France is" in filled and "<|mdm_mask|>" not in filled
 
 
 def test_tiny_checkpoint_is_built_once(tmp_path):

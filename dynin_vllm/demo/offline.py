@@ -4,8 +4,9 @@
 
 With no MODEL it uses the embedded tiny Dynin-Omni checkpoint. Shows chat
 prompts through Dynin's template (with the ``/think`` switch), per-request
-denoising parameters through ``extra_args``, and the per-request denoising
-step counts.
+denoising parameters through ``extra_args``, the per-request denoising
+step counts, and infilling (mask tokens in the prompt are filled; the filled
+prompt comes back as the request's prompt).
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ def main(argv: list[str] | None = None) -> None:
             num_steps = steps.to_dict()["num_spec_steps"] if steps else "n/a"
             print(f"{extra} -> {len(completion.token_ids)} tokens in {num_steps} steps")
             print(f"  {completion.text!r}")
+
+    # Infilling: each <|mdm_mask|> in the prompt is denoised with the answer.
+    prompt = "The capital of France is<|mdm_mask|><|mdm_mask|>. It is known for"
+    params = SamplingParams(
+        max_tokens=32, temperature=0, extra_args={"mode": "exact", "steps": 32}
+    )
+    (out,) = llm.generate([prompt], params, use_tqdm=False)
+    print(f"infill: {prompt!r}")
+    print(f"  filled prompt: {out.prompt!r}")
+    print(f"  answer: {out.outputs[0].text!r}")
 
 
 if __name__ == "__main__":
