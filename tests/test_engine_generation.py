@@ -203,6 +203,42 @@ def test_denoising_steps_are_reported_per_request(llm, reference_model):
     assert metrics["num_accepted_draft_tokens"] == 16
 
 
+def test_parallel_samples_get_vllms_per_sample_seeds(llm, reference_model):
+    """n > 1: vLLM seeds sample i with ``seed + i``; each sample equals the
+    reference with its own seed (before, all n samples were identical)."""
+    from vllm import SamplingParams
+
+    config = dict(block_length=8, steps=16, mode="prefix")
+    out = llm.generate(
+        [{"prompt_token_ids": PROMPTS[0]}],
+        SamplingParams(
+            n=3,
+            max_tokens=16,
+            temperature=0.9,
+            seed=40,
+            ignore_eos=True,
+            extra_args=config,
+        ),
+        use_tqdm=False,
+    )[0]
+    got = sorted(tuple(o.token_ids) for o in out.outputs)
+    want = sorted(
+        tuple(
+            reference_generate(
+                reference_model,
+                PROMPTS[0],
+                gen_length=16,
+                temperature=0.9,
+                seed=seed,
+                **config,
+            ).answer
+        )
+        for seed in (40, 41, 42)
+    )
+    assert len(set(want)) == 3
+    assert got == want
+
+
 def test_answer_is_capped_by_the_context_length(llm, reference_model):
     """max_tokens past max_model_len stops at the context limit, as in vLLM."""
     from vllm import SamplingParams

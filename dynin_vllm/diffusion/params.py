@@ -147,6 +147,11 @@ class DiffusionParams:
         return cls(**values)
 
 
+def fold_seed(seed: int) -> int:
+    """Any integer seed, folded into the int64 range the noise uses."""
+    return (int(seed) + 2**63) % 2**64 - 2**63
+
+
 def _int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DiffusionParamError(name, f"expected an integer, got {value!r}")
@@ -245,8 +250,7 @@ def parse_params(
 
     request_seed = request.get("seed", seed)
     if request_seed is not None:
-        # Any integer works; it is folded into the int64 range the noise uses.
-        request_seed = (_int("seed", request_seed, -(2**200)) + 2**63) % 2**64 - 2**63
+        request_seed = fold_seed(_int("seed", request_seed, -(2**200)))
 
     canvas = request.get("canvas")
     if canvas is not None:

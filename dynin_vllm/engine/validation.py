@@ -25,6 +25,7 @@ and two engines in one process each get their own validator.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import json
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from dynin_vllm.diffusion.params import (
     RESOLVED_KEY,
     DiffusionParamError,
     DiffusionParams,
+    fold_seed,
     parse_params,
     unknown_params,
 )
@@ -131,9 +133,18 @@ def resolved_params(sampling_params: Any) -> DiffusionParams:
             "resolved by the front end (did it bypass vLLM's input processor?)"
         )
     try:
-        return DiffusionParams.from_wire(extra[RESOLVED_KEY])
+        params = DiffusionParams.from_wire(extra[RESOLVED_KEY])
     except (TypeError, ValueError) as err:
         raise ResolvedParamsError(f"malformed resolved parameters: {err}") from err
+    # With n > 1, vLLM gives each sample of a parent request its own seed
+    # (parent seed + index) after the front end parsed the parent; a seed the
+    # request did not set in extra_args follows vLLM's.
+    seed = getattr(sampling_params, "seed", None)
+    if seed is not None and "seed" not in extra:
+        seed = fold_seed(seed)
+        if seed != params.seed:
+            params = dataclasses.replace(params, seed=seed)
+    return params
 
 
 class DiffusionParamsValidator(LogitsProcessor):
