@@ -42,6 +42,7 @@ from vllm.logger import init_logger
 
 from dynin_vllm import vllm_private
 from dynin_vllm.diffusion.params import DiffusionParams
+from dynin_vllm.diffusion.schedule import BlockLayout
 from dynin_vllm.engine import cfg, infill, scheduling
 from dynin_vllm.engine.defaults import answer_length
 from dynin_vllm.engine.stats import DiffusionStatsBuilder
@@ -70,6 +71,8 @@ class RequestRecord:
     stats_closed: bool = False  # its last step and step count are recorded
     holes: list[int] | None = None  # prompt positions it fills (infill)
     hole_values: list[int] | None = None  # their values after the last step
+    silent_steps: int = 0  # denoising steps since it last emitted a block
+    max_silent_steps: int = 0  # more than this means it cannot finish
 
     @property
     def mode(self) -> str:
@@ -110,6 +113,7 @@ class DiffusionScheduler(Scheduler):
         if params.fills_prompt:
             prompt = request.prompt_token_ids or ()
             record.holes = [i for i, t in enumerate(prompt) if t == self._mask_id]
+        record.max_silent_steps = self._max_steps_per_block(request, record)
         self._records[req_id] = record
         if params.canvas is not None:
             # The canvas is the whole answer: finish ("length") when it is done.
@@ -119,6 +123,14 @@ class DiffusionScheduler(Scheduler):
         if params.uses_cfg:
             record.role = cfg.Role.MAIN
             self._add_uncond_branch(request, record)
+
+    def _max_steps_per_block(self, request: Any, record: RequestRecord) -> int:
+        """The most denoising steps one block can take: its fixed schedule, or
+        (threshold, factor) one commit per step over its masks and the holes."""
+        params = record.params
+        answer = len(params.canvas) if params.canvas else self._answer_len(request)
+        layout = BlockLayout(answer, params.block_length, params.steps)
+        return layout.step_stride + len(record.holes or ())
 
     def _size_step_metrics(self, request: Any) -> None:
         """Per-request step metrics, with a histogram no longer than the answer.
@@ -251,6 +263,10 @@ class DiffusionScheduler(Scheduler):
                 record.num_steps += 1
                 record.last_canvas = list(canvas)
                 record.last_emitted = num_emitted
+                record.silent_steps = 0 if num_emitted else record.silent_steps + 1
+                self._fail_if_stalled(req_id, record)
+            elif record is not None:
+                record.silent_steps = 0  # a (re)prefill restarts the block
         for req_id, values in infill.prompt_fills(model_runner_output).items():
             if (record := self._records.get(req_id)) is not None:
                 record.hole_values = values
@@ -267,6 +283,26 @@ class DiffusionScheduler(Scheduler):
         self._retired_branches.clear()
         self._retire_finished()
         return outputs
+
+    def _fail_if_stalled(self, req_id: str, record: RequestRecord) -> None:
+        """A block that outlasts every schedule can never finish: the model
+        keeps committing the mask id itself, so the position stays masked.
+        Fail the request (and so its CFG pair) instead of stepping forever."""
+        if record.role is cfg.Role.UNCOND or record.silent_steps <= (
+            record.max_silent_steps
+        ):
+            return
+        logger.error(
+            "Request %s: no block committed in %d denoising steps (a block takes "
+            "at most %d); the model keeps choosing the mask id %d at a masked "
+            "position. Failing the request.",
+            req_id,
+            record.silent_steps,
+            record.max_silent_steps,
+            self._mask_id,
+        )
+        record.silent_steps = 0
+        vllm_private.fail_request_next_step(self, req_id)
 
     def _attach_filled_prompts(self, outputs: dict) -> None:
         for engine_outputs in outputs.values():
