@@ -217,7 +217,7 @@ SUBCLASSED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
 TOUCHED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
     "vllm.v1.worker.gpu_input_batch:InputBatch": (
         {},
-        ("req_ids", "token_ids_cpu", "num_computed_tokens_cpu"),
+        ("req_ids", "req_id_to_index", "token_ids_cpu", "num_computed_tokens_cpu"),
     ),
     "vllm.v1.engine.output_processor:RequestState": (
         {

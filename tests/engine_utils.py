@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from dynin_vllm.serving.launch import free_port
 from dynin_vllm.testing.engine_args import ENGINE_ARGS
 
-__all__ = ["ENGINE_ARGS", "StatsRecorder", "free_port", "make_llm", "shutdown"]
+__all__ = [
+    "ENGINE_ARGS",
+    "StatsRecorder",
+    "free_port",
+    "make_llm",
+    "shutdown",
+    "temporary_env",
+]
+
+
+@contextlib.contextmanager
+def temporary_env(**variables: str) -> Iterator[None]:
+    """Set environment variables for a while, then restore the old values."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def make_llm(model: Path, **overrides):

@@ -9,11 +9,10 @@ schedule's steps: ``prefix``'s block-start refresh is the block's first step.
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 
-from tests.engine_utils import make_llm, shutdown
+from tests.engine_utils import make_llm, shutdown, temporary_env
 
 pytestmark = pytest.mark.engine
 
@@ -22,15 +21,8 @@ ANSWER, BLOCK = 32, 8
 
 @pytest.fixture(scope="module")
 def inprocess_llm(dynin_checkpoint):
-    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    try:
+    with temporary_env(VLLM_ENABLE_V1_MULTIPROCESSING="0"):
         llm = make_llm(dynin_checkpoint)
-    finally:
-        if saved is None:
-            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-        else:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
     yield llm
     shutdown(llm)
 

@@ -8,12 +8,10 @@ scheduler, and the ranks check each step that their denoisers agree.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from dynin_vllm.reference.sampler import generate as reference_generate
-from tests.engine_utils import StatsRecorder, make_llm, shutdown
+from tests.engine_utils import StatsRecorder, make_llm, shutdown, temporary_env
 from tests.test_engine_generation import _cases, _reference, _sampling_params
 from tests.test_engine_infill import _cases as _infill_cases
 from tests.test_engine_infill import _reference as _infill_reference
@@ -30,24 +28,18 @@ def tp_llm(dynin_checkpoint):
     # One core per rank; and (for the divergence test only) functions may be
     # sent to the workers with ``collective_rpc``.
     env = {"VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    # The preemption test's tiny KV cache (6 usable blocks of 32 tokens).
-    llm = make_llm(
-        dynin_checkpoint,
-        tensor_parallel_size=2,
-        max_model_len=128,
-        block_size=32,
-        num_gpu_blocks_override=7,
-        disable_log_stats=False,
-    )
-    yield llm
-    shutdown(llm)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with temporary_env(**env):
+        # The preemption test's tiny KV cache (6 usable blocks of 32 tokens).
+        llm = make_llm(
+            dynin_checkpoint,
+            tensor_parallel_size=2,
+            max_model_len=128,
+            block_size=32,
+            num_gpu_blocks_override=7,
+            disable_log_stats=False,
+        )
+        yield llm
+        shutdown(llm)
 
 
 def test_two_ranks_match_the_reference_batched_under_preemption(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,7 @@ class Denoiser:
         self.vocab_size = vocab_size
         self.device = torch.device(device)
         self.states: dict[str, RequestState] = {}
+        self._with_holes: set[str] = set()  # requests (and branches) that infill
 
     # --- request lifecycle -------------------------------------------------
     def add_request(
@@ -108,6 +109,8 @@ class Denoiser:
             prompt_len=len(prompt),
         )
         self.states[req_id] = state
+        if holes.numel():
+            self._with_holes.add(req_id)
         return state
 
     def add_uncond_branch(self, branch_id: str, main_id: str) -> RequestState | None:
@@ -138,10 +141,13 @@ class Denoiser:
         )
         main.cfg_partner = branch_id
         self.states[branch_id] = branch
+        if branch.holes.numel():
+            self._with_holes.add(branch_id)
         return branch
 
     def remove_request(self, req_id: str) -> None:
         self.states.pop(req_id, None)
+        self._with_holes.discard(req_id)
 
     def restart(self, req_id: str) -> list[int]:
         """The request is (re)prefilled: restart its block; emit all-fixed blocks."""
@@ -149,18 +155,16 @@ class Denoiser:
         state.restart_block()
         return state.take_finished_blocks()
 
-    def prompt_patch(self, req_id: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(prompt positions, values)`` a request's forward must show at its
-        holes (a CFG branch shows its request's), or ``None`` without holes."""
-        state = self.states.get(req_id)
-        if state is None or not state.holes.numel():
-            return None
-        source = state
-        if state.is_uncond:
-            source = self.states.get(state.cfg_partner or "")
-            if source is None:
-                return None
-        return state.holes, source.hole_values
+    def prompt_patches(self) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+        """``(request id, prompt positions, values)`` for every request whose
+        forward must show hole values (a CFG branch shows its request's)."""
+        for req_id in self._with_holes:
+            state = self.states[req_id]
+            source = (
+                self.states.get(state.cfg_partner or "") if state.is_uncond else state
+            )
+            if source is not None:
+                yield req_id, state.holes, source.hole_values
 
     def fingerprint(self) -> int:
         """A digest of every request's progress (canvas, holes, block

@@ -83,12 +83,11 @@ class DiffusionRunnerMixin:
 
     def _show_holes(self) -> None:
         """Write each request's current hole values into its prompt tokens."""
-        token_ids = self.input_batch.token_ids_cpu
-        for row, req_id in enumerate(self.input_batch.req_ids):
-            patch = self.denoiser.prompt_patch(req_id)
-            if patch is not None:
-                positions, values = patch
-                token_ids[row, positions.numpy()] = values.numpy()
+        batch = self.input_batch
+        for req_id, positions, values in self.denoiser.prompt_patches():
+            row = batch.req_id_to_index.get(req_id)
+            if row is not None:
+                batch.token_ids_cpu[row, positions.numpy()] = values.numpy()
 
     def _branch_of(self, req_id: str) -> str | None:
         return cfg.branch_of(self.requests[req_id].sampling_params)
