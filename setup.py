@@ -58,6 +58,7 @@ setup(
         ],
         "console_scripts": [
             "dynin-make-checkpoint = dynin_vllm.testing.make_checkpoint:main",
+            "dynin-lm-eval = dynin_vllm.serving.lm_eval_model:main",
         ],
     },
     license="Apache-2.0",

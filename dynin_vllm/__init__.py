@@ -52,4 +52,8 @@ def register() -> None:
     from dynin_vllm.engine.infill import apply_filled_prompt
 
     vllm_private.wrap_request_outputs(apply_filled_prompt)
+    # Likelihood requests are checked against their prompt's length.
+    from dynin_vllm.engine.validation import check_prompt
+
+    vllm_private.check_rendered_requests(check_prompt)
     _registered = True

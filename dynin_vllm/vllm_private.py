@@ -53,6 +53,7 @@ RUNNER_SIGNATURES: dict[str, tuple[str, ...]] = {
     "execute_model": ("self", "scheduler_output", "intermediate_tensors"),
     "_update_states": ("self", "scheduler_output"),
     "_prepare_inputs": ("self", "scheduler_output", "num_scheduled_tokens"),
+    "_get_prompt_logprobs_dict": ("self", "hidden_states", "num_scheduled_tokens"),
 }
 
 #: Runner instance attributes read.
@@ -62,6 +63,7 @@ RUNNER_ATTRIBUTES: tuple[str, ...] = (
     "requests",
     "device",
     "max_model_len",
+    "num_prompt_logprobs",
 )
 
 #: V1 scheduler methods overridden or called, with their parameter names.
@@ -217,7 +219,13 @@ SUBCLASSED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
 TOUCHED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
     "vllm.v1.worker.gpu_input_batch:InputBatch": (
         {},
-        ("req_ids", "req_id_to_index", "token_ids_cpu", "num_computed_tokens_cpu"),
+        (
+            "req_ids",
+            "req_id_to_index",
+            "token_ids_cpu",
+            "num_computed_tokens_cpu",
+            "num_logprobs",
+        ),
     ),
     "vllm.v1.engine.output_processor:RequestState": (
         {
@@ -237,6 +245,28 @@ TOUCHED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
         {},
         ("request_id", "finish_reason", "kv_transfer_params"),
     ),
+    "vllm.v1.engine.input_processor:InputProcessor": (
+        {
+            "process_inputs": (
+                "self",
+                "request_id",
+                "prompt",
+                "params",
+                "supported_tasks",
+                "arrival_time",
+                "lora_request",
+                "tokenization_kwargs",
+                "trace_headers",
+                "priority",
+                "data_parallel_rank",
+                "resumable",
+                "session_id",
+                "kv_hints",
+            )
+        },
+        (),
+    ),
+    "vllm.v1.engine:EngineCoreRequest": ({}, ("prompt_token_ids", "sampling_params")),
 }
 
 #: Keyword arguments we pass to vLLM constructors: each must stay a
@@ -260,6 +290,11 @@ CALL_KEYWORDS: dict[str, tuple[str, ...]] = {
         "priority",
     ),
     "vllm.v1.outputs:SamplerOutput": ("sampled_token_ids", "logprobs_tensors"),
+    "vllm.v1.outputs:LogprobsTensors": (
+        "logprob_token_ids",
+        "logprobs",
+        "selected_token_ranks",
+    ),
     "vllm.v1.spec_decode.metrics:SpecDecodingStats": (
         "num_spec_tokens",
         "num_drafts",
@@ -371,6 +406,12 @@ def sampler_output_cls() -> type:
     return SamplerOutput
 
 
+def logprobs_tensors_cls() -> type:
+    from vllm.v1.outputs import LogprobsTensors
+
+    return LogprobsTensors
+
+
 def model_runner_output_cls() -> type:
     from vllm.v1.outputs import ModelRunnerOutput
 
@@ -415,6 +456,31 @@ def wrap_request_outputs(
 
     _new_request_output.__dynin_wrapped__ = True  # type: ignore[attr-defined]
     RequestState._new_request_output = _new_request_output
+
+
+def check_rendered_requests(check: Callable[[Any, Any], None]) -> None:
+    """Front end: call ``check(prompt_token_ids, sampling_params)`` on every
+    request once its prompt is rendered and its parameters validated; an
+    exception it raises (``VLLMValidationError``: HTTP 400) rejects the
+    request before it reaches the engine. Idempotent.
+
+    vLLM validates parameters before it renders the prompt, so checks that
+    need the prompt's length have no public hook.
+    """
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    original = InputProcessor.process_inputs
+    if getattr(original, "__dynin_wrapped__", False):
+        return
+
+    @functools.wraps(original)
+    def process_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
+        request = original(self, *args, **kwargs)
+        check(request.prompt_token_ids, request.sampling_params)
+        return request
+
+    process_inputs.__dynin_wrapped__ = True  # type: ignore[attr-defined]
+    InputProcessor.process_inputs = process_inputs
 
 
 def fail_request_next_step(scheduler: Any, req_id: str) -> None:

@@ -56,3 +56,29 @@ def test_forwards_are_the_prefill_and_the_schedule(
     denoising = finished.outputs[0].spec_decode_metrics.to_dict()["num_spec_steps"]
     assert denoising == steps
     assert iterations == 1 + steps
+
+
+def test_likelihood_rows_of_concurrent_requests_share_forwards(inprocess_llm):
+    """Each Monte Carlo row is one forward of the whole prompt, and the rows
+    of concurrent likelihood requests run in the same engine steps: three
+    requests of 8 rows take 8 iterations, not 24."""
+    from vllm import SamplingParams
+
+    engine = inprocess_llm.llm_engine
+    for i, length in enumerate((3, 5, 9)):
+        engine.add_request(
+            f"likelihood-{i}",
+            {"prompt_token_ids": [126080, *range(10, 20), *range(40, 40 + length)]},
+            SamplingParams(
+                max_tokens=1,
+                prompt_logprobs=0,
+                extra_args={"likelihood_tokens": length, "mc_num": 8},
+            ),
+        )
+    iterations, finished = 0, []
+    while engine.has_unfinished_requests():
+        iterations += 1
+        finished += [o for o in engine.step() if o.finished]
+    assert iterations == 8
+    assert len(finished) == 3
+    assert all(o.prompt_logprobs is not None for o in finished)

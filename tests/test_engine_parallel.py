@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import pytest
 
+from dynin_vllm.reference.likelihood import log_likelihood
 from dynin_vllm.reference.sampler import generate as reference_generate
 from tests.engine_utils import StatsRecorder, make_llm, shutdown, temporary_env
 from tests.test_engine_generation import _cases, _reference, _sampling_params
 from tests.test_engine_infill import _cases as _infill_cases
 from tests.test_engine_infill import _reference as _infill_reference
 from tests.test_engine_infill import _sampling_params as _infill_params
-from tests.test_engine_robustness import SEED
+from tests.test_engine_robustness import LIKELIHOOD, SEED, _likelihood_params
 from tests.test_engine_robustness import _params as _growing_params
 from tests.test_engine_robustness import _requests as _growing_requests
 
@@ -46,7 +47,8 @@ def test_two_ranks_match_the_reference_batched_under_preemption(
     tp_llm, reference_model
 ):
     """Every mode (exact, prefix, block), CFG, threshold, factor, sampling,
-    canvases and infilling, all in one batch that overflows the KV cache."""
+    canvases, infilling and likelihoods, all in one batch that overflows the
+    KV cache."""
     cases = list(_cases())
     holes = list(_infill_cases())[::4]
     growing = list(_growing_requests())
@@ -54,14 +56,17 @@ def test_two_ranks_match_the_reference_batched_under_preemption(
     try:
         outputs = tp_llm.generate(
             [{"prompt_token_ids": p} for _, _, p in cases + holes]
-            + [{"prompt_token_ids": p} for _, p, _ in growing],
+            + [{"prompt_token_ids": p} for _, p, _ in growing]
+            + [{"prompt_token_ids": p} for p, _ in LIKELIHOOD],
             [_sampling_params(c, ignore_eos=True) for _, c, _ in cases]
             + [_infill_params(c, ignore_eos=True) for _, c, _ in holes]
-            + [_growing_params(c) for _, _, c in growing],
+            + [_growing_params(c) for _, _, c in growing]
+            + _likelihood_params(),
             use_tqdm=False,
         )
     finally:
         stats.close()
+    outputs, scored = outputs[: -len(LIKELIHOOD)], outputs[-len(LIKELIHOOD) :]
     assert stats.preemptions > 0
     mismatches = []
     for (case_id, prompt, config), out in zip(
@@ -85,6 +90,18 @@ def test_two_ranks_match_the_reference_batched_under_preemption(
         got = (list(out.outputs[0].token_ids), list(out.prompt_token_ids))
         if got != (want.answer, want.prompt):
             mismatches.append(case_id)
+    for (prompt, n), out in zip(LIKELIHOOD, scored, strict=True):
+        want = log_likelihood(
+            reference_model,
+            prompt[:-n],
+            prompt[-n:],
+            mc_num=16,
+            batch_size=8,
+            seed=SEED,
+        )
+        got = sum(next(iter(d.values())).logprob for d in out.prompt_logprobs[-n:])
+        if got != pytest.approx(want, rel=1e-6):
+            mismatches.append(f"likelihood-{n}")
     assert not mismatches
 
 

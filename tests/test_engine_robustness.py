@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dynin_vllm.reference.likelihood import log_likelihood
 from dynin_vllm.reference.sampler import generate as reference_generate
 from tests.engine_utils import StatsRecorder, make_llm, shutdown
 
@@ -24,6 +25,24 @@ def _requests():
             prompt[3] = prompt[11] = MASK
         config = {"mode": mode, "block_length": 8, "steps": 48, **extra}
         yield f"req{i}", prompt, config
+
+
+#: Likelihood requests queued with them: (prompt, continuation length).
+LIKELIHOOD = [([126080, *range(500, 560)], 12), ([126080, *range(600, 650)], 5)]
+
+
+def _likelihood_params():
+    from vllm import SamplingParams
+
+    return [
+        SamplingParams(
+            max_tokens=1,
+            prompt_logprobs=0,
+            seed=SEED,
+            extra_args={"likelihood_tokens": n, "mc_num": 16, "mc_batch_size": 8},
+        )
+        for _, n in LIKELIHOOD
+    ]
 
 
 def _params(config: dict):
@@ -59,10 +78,12 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
     try:
         cases = list(_requests())
         outputs = llm.generate(
-            [{"prompt_token_ids": prompt} for _, prompt, _ in cases],
-            [_params(config) for _, _, config in cases],
+            [{"prompt_token_ids": prompt} for _, prompt, _ in cases]
+            + [{"prompt_token_ids": prompt} for prompt, _ in LIKELIHOOD],
+            [_params(config) for _, _, config in cases] + _likelihood_params(),
             use_tqdm=False,
         )
+        outputs, scored = outputs[: len(cases)], outputs[len(cases) :]
         assert stats.preemptions > 0
         # A CFG pair that can never fit the cache fails instead of spinning.
         too_big = llm.generate(
@@ -81,6 +102,17 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
         )
         assert list(out.outputs[0].token_ids) == want.answer, name
         assert list(out.prompt_token_ids) == want.prompt, name
+    for (prompt, n), out in zip(LIKELIHOOD, scored, strict=True):
+        want = log_likelihood(
+            reference_model,
+            prompt[:-n],
+            prompt[-n:],
+            mc_num=16,
+            batch_size=8,
+            seed=SEED,
+        )
+        got = sum(next(iter(d.values())).logprob for d in out.prompt_logprobs[-n:])
+        assert got == pytest.approx(want, rel=1e-6)
     assert too_big.outputs[0].finish_reason == "error"
     assert list(healthy.outputs[0].token_ids) == list(outputs[0].outputs[0].token_ids)
 

@@ -346,3 +346,178 @@ def test_lm_eval_local_task_end_to_end(server, tokenizer, reference_model, tmp_p
     responses = {s["doc"]["question"]: s["filtered_resps"][0] for s in samples}
     assert responses == dict(zip(questions, expected, strict=True))
     assert results["results"]["dynin_local_qa"]["acc,none"] == 0.5
+
+
+# --------------------------------------------------------------------------
+# Masked-diffusion likelihoods (completions with echo and logprobs)
+# --------------------------------------------------------------------------
+LIKELIHOOD_SEED = 11
+
+
+def _likelihood_completion(base, model, prompt_ids, continuation_len, **overrides):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    body = {
+        "model": model,
+        "prompt": prompt_ids,
+        "echo": True,
+        "logprobs": 1,
+        "max_tokens": 1,
+        "seed": LIKELIHOOD_SEED,
+        "extra_body": {
+            "vllm_xargs": {
+                "likelihood_tokens": continuation_len,
+                "mc_num": 8,
+                "mc_batch_size": 4,
+            }
+        },
+    }
+    body.update(overrides)
+    return client.completions.create(**body)
+
+
+@pytest.mark.parametrize("max_tokens", [1, 0])
+def test_likelihood_through_completions_echo(
+    server, tokenizer, reference_model, max_tokens
+):
+    """lm-eval's loglikelihood payload (``echo``, ``logprobs=1``, ``max_tokens``
+    0 or 1) plus the split: the continuation's token logprobs add up to the
+    reference estimate."""
+    from dynin_vllm.reference.likelihood import log_likelihood
+
+    base, model = server
+    context = tokenizer("Question: what color is the sky? Answer:").input_ids
+    continuation = tokenizer(" blue, mostly", add_special_tokens=False).input_ids
+    response = _likelihood_completion(
+        base, model, context + continuation, len(continuation), max_tokens=max_tokens
+    )
+    logprobs = response.choices[0].logprobs
+    generated = max_tokens  # the echoed prompt, then the generated token (if any)
+    assert len(logprobs.token_logprobs) == len(context) + len(continuation) + generated
+    scored = logprobs.token_logprobs[len(context) : len(context) + len(continuation)]
+    want = log_likelihood(
+        reference_model,
+        context,
+        continuation,
+        mc_num=8,
+        batch_size=4,
+        seed=LIKELIHOOD_SEED,
+    )
+    assert sum(scored) == pytest.approx(want, rel=1e-5)
+    assert logprobs.token_logprobs[1 : len(context)] == [0.0] * (len(context) - 1)
+
+
+@pytest.mark.parametrize(
+    ("prompt_len", "xargs", "field"),
+    [
+        (6, {"likelihood_tokens": 0}, "likelihood_tokens"),  # empty continuation
+        (6, {"likelihood_tokens": 6}, "likelihood_tokens"),  # no context
+        (6, {"likelihood_tokens": 2, "mc_num": 0}, "mc_num"),
+        (6, {"likelihood_tokens": 2, "mc_num": 100000}, "mc_num"),
+        (6, {"likelihood_tokens": 2, "mc_num": 8, "mc_batch_size": 5}, "mc_batch_size"),
+        (600, {"likelihood_tokens": 2}, "prompt"),  # over the model length (512)
+    ],
+)
+def test_bad_likelihood_requests_get_400_naming_the_field(
+    server, prompt_len, xargs, field
+):
+    import openai
+
+    base, model = server
+    prompt = [126080, *range(1000, 1000 + prompt_len - 1)]
+    with pytest.raises(openai.BadRequestError) as err:
+        _likelihood_completion(base, model, prompt, 0, extra_body={"vllm_xargs": xargs})
+    assert field in str(err.value)
+    ok = _likelihood_completion(base, model, [126080, 5, 6, 7], 2)
+    assert ok.choices[0].logprobs.token_logprobs[-1] == 0.0
+
+
+LM_EVAL_MC_TASK = """\
+task: dynin_local_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: choices
+doc_to_target: label
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@pytest.mark.parametrize("num_concurrent", [1, 2])
+def test_lm_eval_multiple_choice_task_end_to_end(
+    server, tokenizer, reference_model, tmp_path, num_concurrent
+):
+    """A local multiple-choice task through lm-eval's completions path
+    (``dynin-completions``): every choice's loglikelihood is the reference
+    estimate for the tokens lm-eval sent, and so is the accuracy."""
+    import os
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from dynin_vllm.reference.likelihood import log_likelihood
+    from dynin_vllm.serving.lm_eval_model import DyninCompletionsAPI
+
+    base, model = server
+    docs = [
+        {"question": "The sky is", "choices": ["blue", "green", "loud"], "label": 0},
+        {"question": "Two plus two is", "choices": ["four", "seven"], "label": 1},
+    ]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "dynin_local_mc.yaml").write_text(LM_EVAL_MC_TASK.format(data=data))
+
+    sent = []
+
+    class Recording(DyninCompletionsAPI):
+        def _create_payload(self, messages, generate=False, **kwargs):
+            payload = super()._create_payload(messages, generate=generate, **kwargs)
+            sent.append(payload)
+            return payload
+
+    lm = Recording(
+        model=model,
+        base_url=f"{base}/v1/completions",
+        tokenizer=tokenizer.name_or_path,
+        tokenizer_backend="huggingface",
+        num_concurrent=num_concurrent,
+        max_retries=1,
+        mc_num=8,
+    )
+    results = simple_evaluate(
+        model=lm,
+        tasks=["dynin_local_mc"],
+        task_manager=TaskManager(include_path=str(tmp_path)),
+        log_samples=True,
+    )
+    assert len(sent) == 5
+    want = {}
+    for payload in sent:
+        (prompt,) = payload["prompt"]
+        n = payload["vllm_xargs"]["likelihood_tokens"]
+        want[tokenizer.decode(prompt[-n:])] = log_likelihood(
+            reference_model,
+            prompt[:-n],
+            prompt[-n:],
+            mc_num=8,
+            batch_size=8,
+            seed=payload["seed"],
+        )
+    samples = results["samples"]["dynin_local_mc"]
+    correct = 0
+    for sample in samples:
+        doc = sample["doc"]
+        got = [resp[0][0] for resp in sample["resps"]]
+        expected = [want[" " + choice] for choice in doc["choices"]]
+        assert got == pytest.approx(expected, rel=1e-5)
+        correct += max(range(len(expected)), key=expected.__getitem__) == doc["label"]
+    assert results["results"]["dynin_local_mc"]["acc,none"] == correct / len(docs)

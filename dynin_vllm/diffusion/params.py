@@ -28,6 +28,14 @@ seed           seed of the counter-based noise (temperature > 0, random remaskin
 canvas         initial answer canvas: mask ids mixed with fixed ids (never changed)
 uncond_prompt_token_ids  prompt of the unconditional CFG branch (default: the
                prompt with every token replaced by the mask id, as LLaDA does)
+likelihood_tokens  score instead of generate: the last ``likelihood_tokens``
+               prompt tokens are the continuation, whose masked-diffusion
+               log-likelihood (LLaDA's Monte Carlo ELBO) is returned as their
+               prompt logprobs (``dynin_vllm.diffusion.likelihood``)
+mc_num         Monte Carlo rows of a likelihood estimate (default 128, at most
+               4096)
+mc_batch_size  rows per stratified group (upstream's ``batch_size``; default
+               ``min(32, mc_num)``); must divide ``mc_num``
 ============== ====================================================================
 """
 
@@ -51,7 +59,12 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "cfg_scale": 0.0,
     "mode": "prefix",
     "infill": True,
+    "mc_num": 128,
+    "mc_batch_size": None,
 }
+
+#: The most Monte Carlo rows one likelihood request may ask for.
+MAX_MC_NUM = 4096
 
 #: Every extra_args key this plugin reads.
 PARAM_NAMES = (
@@ -59,6 +72,7 @@ PARAM_NAMES = (
     "seed",
     "canvas",
     "uncond_prompt_token_ids",
+    "likelihood_tokens",
 )
 
 #: The decoding rules a request chooses between: a request that sets one of
@@ -103,15 +117,24 @@ class DiffusionParams:
     uncond_prompt_token_ids: tuple[int, ...] | None
     infill: bool = True
     task: str = "text"
+    likelihood_tokens: int | None = None
+    mc_num: int = 128
+    mc_batch_size: int = 32
 
     @property
     def uses_cfg(self) -> bool:
         return self.cfg_scale > 0.0
 
     @property
+    def scores_likelihood(self) -> bool:
+        """Whether the request scores its prompt instead of generating."""
+        return self.likelihood_tokens is not None
+
+    @property
     def fills_prompt(self) -> bool:
-        """Whether the prompt's mask ids are denoised (not in ``block`` mode)."""
-        return self.infill and self.mode != "block"
+        """Whether the prompt's mask ids are denoised (not in ``block`` mode,
+        never by likelihood requests)."""
+        return self.infill and self.mode != "block" and not self.scores_likelihood
 
     @property
     def dynamic_steps(self) -> bool:
@@ -260,6 +283,16 @@ def parse_params(
         uncond = _token_ids("uncond_prompt_token_ids", uncond, vocab_size)
 
     infill = _flag("infill", merged["infill"])
+    likelihood_tokens, mc_num, mc_batch_size = _likelihood(request, merged)
+    if likelihood_tokens is not None:
+        if cfg_scale > 0.0:
+            raise DiffusionParamError(
+                "cfg_scale", "guidance is not supported for likelihood requests"
+            )
+        if canvas is not None:
+            raise DiffusionParamError(
+                "canvas", "a likelihood request scores its prompt; it has no canvas"
+            )
 
     return DiffusionParams(
         block_length=_int("block_length", merged["block_length"], 1),
@@ -273,7 +306,32 @@ def parse_params(
         canvas=canvas,
         uncond_prompt_token_ids=uncond,
         infill=infill,
+        likelihood_tokens=likelihood_tokens,
+        mc_num=mc_num,
+        mc_batch_size=mc_batch_size,
     )
+
+
+def _likelihood(
+    request: Mapping[str, Any], merged: Mapping[str, Any]
+) -> tuple[int | None, int, int]:
+    """``(likelihood_tokens, mc_num, mc_batch_size)``, checked."""
+    tokens = request.get("likelihood_tokens")
+    if tokens is not None:
+        tokens = _int("likelihood_tokens", tokens, 1)
+    mc_num = _int("mc_num", merged["mc_num"], 1)
+    if mc_num > MAX_MC_NUM:
+        raise DiffusionParamError(
+            "mc_num", f"must be in [1, {MAX_MC_NUM}], got {mc_num}"
+        )
+    group = merged["mc_batch_size"]
+    group = min(32, mc_num) if group is None else _int("mc_batch_size", group, 1)
+    if mc_num % group:
+        raise DiffusionParamError(
+            "mc_batch_size",
+            f"must divide mc_num ({mc_num}), got {group}",
+        )
+    return tokens, mc_num, group
 
 
 def unknown_params(extra_args: Mapping[str, Any] | None) -> list[str]:

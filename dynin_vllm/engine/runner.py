@@ -37,6 +37,11 @@ from dynin_vllm import vllm_private
 from dynin_vllm.diffusion.denoiser import Denoiser, DraftSpan, StepPlan
 from dynin_vllm.engine import cfg, infill
 from dynin_vllm.engine.defaults import answer_length
+from dynin_vllm.engine.likelihood import (
+    LikelihoodPlan,
+    LikelihoodRequests,
+    sample_logprobs,
+)
 from dynin_vllm.engine.validation import ResolvedParamsError, resolved_params
 
 logger = init_logger(__name__)
@@ -56,7 +61,12 @@ class DiffusionRunnerMixin:
             vocab_size=model_config.get_vocab_size(),
             device=self.device,
         )
+        self.likelihood = LikelihoodRequests(
+            mask_id=model_config.hf_config.mask_token_id,
+            eos_id=_first_id(getattr(model_config.hf_config, "eos_token_id", 0)),
+        )
         self._step_plan: StepPlan | None = None
+        self._likelihood_plan: LikelihoodPlan | None = None
         self._prefill_emissions: dict[str, list[int]] = {}
         self._step_fills: dict[str, list[int]] = {}
         self._tp_size = get_tensor_model_parallel_world_size()
@@ -74,20 +84,23 @@ class DiffusionRunnerMixin:
         result = super()._update_states(scheduler_output)
         for req_id in scheduler_output.finished_req_ids:
             self.denoiser.remove_request(req_id)
+            self.likelihood.remove(req_id)
         new = [r.req_id for r in scheduler_output.scheduled_new_reqs]
         # Unconditional CFG branches mirror their request: add requests first.
         for req_id in sorted(new, key=lambda r: self._branch_of(r) is not None):
             self._add_request(req_id)
-        self._show_holes()
+        self._patch_prompts()
         return result
 
-    def _show_holes(self) -> None:
-        """Write each request's current hole values into its prompt tokens."""
+    def _patch_prompts(self) -> None:
+        """Write each request's current hole values, and each likelihood
+        request's next Monte Carlo row, into its prompt tokens."""
         batch = self.input_batch
-        for req_id, positions, values in self.denoiser.prompt_patches():
-            row = batch.req_id_to_index.get(req_id)
-            if row is not None:
-                batch.token_ids_cpu[row, positions.numpy()] = values.numpy()
+        for patches in (self.denoiser.prompt_patches(), self.likelihood.patches()):
+            for req_id, positions, values in patches:
+                row = batch.req_id_to_index.get(req_id)
+                if row is not None:
+                    batch.token_ids_cpu[row, positions.numpy()] = values.numpy()
 
     def _branch_of(self, req_id: str) -> str | None:
         return cfg.branch_of(self.requests[req_id].sampling_params)
@@ -106,6 +119,12 @@ class DiffusionRunnerMixin:
             # The scheduler fails such a request at its next update.
             logger.error("Request %s: %s", req_id, err)
             return
+        self._recent_params.append((req_id, params.to_wire()))
+        if params.scores_likelihood:
+            # Its prompt logprobs are the estimate, not vLLM's.
+            self.num_prompt_logprobs.pop(req_id, None)
+            self.likelihood.add(req_id, params, list(state.prompt_token_ids or ()))
+            return
         self.denoiser.add_request(
             req_id,
             params,
@@ -115,7 +134,6 @@ class DiffusionRunnerMixin:
             temperature=sampling_params.temperature,
             prompt=state.prompt_token_ids or (),
         )
-        self._recent_params.append((req_id, params.to_wire()))
 
     # --- the step ------------------------------------------------------------
     def _prepare_inputs(self, scheduler_output: Any, num_scheduled_tokens: np.ndarray):
@@ -126,9 +144,15 @@ class DiffusionRunnerMixin:
         computed = self.input_batch.num_computed_tokens_cpu
         scheduled_drafts = scheduler_output.scheduled_spec_decode_tokens
         spans = []
+        whole_prompts = []
         for i, req_id in enumerate(self.input_batch.req_ids):
             drafts = scheduled_drafts.get(req_id)
-            if drafts:
+            if req_id in self.likelihood.states:
+                if computed[i] == 0:
+                    whole_prompts.append(
+                        (req_id, int(ends[i] - num_scheduled_tokens[i]))
+                    )
+            elif drafts:
                 first = int(ends[i]) - int(num_scheduled_tokens[i])
                 spans.append(
                     DraftSpan(
@@ -142,7 +166,10 @@ class DiffusionRunnerMixin:
                 # A prefill, first or after a preemption: (re)start the block.
                 self._prefill_emissions[req_id] = self.denoiser.restart(req_id)
         self._step_plan = self.denoiser.plan(spans)
-        rows = self._step_plan.logits_rows
+        self._likelihood_plan = self.likelihood.plan(whole_prompts)
+        rows = torch.cat(
+            [self._step_plan.logits_rows, self._likelihood_plan.logits_rows]
+        )
         if not rows.numel():
             # A step without canvases (prefills only) still computes one row,
             # which nothing reads: the LM head's tensor-parallel all-gather
@@ -154,9 +181,14 @@ class DiffusionRunnerMixin:
 
     def _sample(self, logits: torch.Tensor | None, spec_decode_metadata: Any) -> Any:
         plan, self._step_plan = self._step_plan, None
+        likelihood_plan, self._likelihood_plan = self._likelihood_plan, None
         emitted: dict[str, list[int]] = {}
         if plan is not None and logits is not None:
-            emitted = self.denoiser.step(plan, logits)
+            num_rows = plan.logits_rows.numel()
+            emitted = self.denoiser.step(plan, logits[:num_rows])
+            if likelihood_plan is not None:
+                rows = logits[num_rows : num_rows + likelihood_plan.logits_rows.numel()]
+                emitted.update(self.likelihood.step(likelihood_plan, rows))
             self._step_fills = {
                 s.req_id: s.hole_values.tolist() for s in plan.states if s.holes.numel()
             }
@@ -171,9 +203,20 @@ class DiffusionRunnerMixin:
             tokens = emitted.get(req_id)
             if tokens:
                 sampled[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.int32)
+        # Only likelihood requests may ask for sample logprobs.
+        logprobs = sample_logprobs(sampled) if self.input_batch.num_logprobs else None
         return vllm_private.sampler_output_cls()(
-            sampled_token_ids=sampled.to(self.device), logprobs_tensors=None
+            sampled_token_ids=sampled.to(self.device), logprobs_tensors=logprobs
         )
+
+    def _get_prompt_logprobs_dict(
+        self, hidden_states: torch.Tensor, num_scheduled_tokens: dict[str, int]
+    ) -> dict[str, Any]:
+        result = super()._get_prompt_logprobs_dict(hidden_states, num_scheduled_tokens)
+        reports = self.likelihood.take_reports()
+        if reports:
+            result = {**result, **reports}
+        return result
 
     def sample_tokens(self, *args: Any, **kwargs: Any) -> Any:
         output = super().sample_tokens(*args, **kwargs)
@@ -209,6 +252,13 @@ class DiffusionRunnerMixin:
 
     def propose_draft_token_ids(self, *args: Any, **kwargs: Any) -> list[list[int]]:
         return [self.denoiser.drafts(req_id) for req_id in self.input_batch.req_ids]
+
+
+def _first_id(value: Any) -> int:
+    """A config's token id, or the first of a list of them."""
+    if isinstance(value, (list, tuple)):
+        return int(value[0]) if value else 0
+    return int(value or 0)
 
 
 class DiffusionCPUModelRunner(DiffusionRunnerMixin, vllm_private.cpu_runner_base()):

@@ -385,7 +385,10 @@ class DiffusionScheduler(Scheduler):
     ) -> None:
         record = self._records.get(request.request_id)
         mode = record.mode if record is not None else "prefix"
-        if mode == "exact":
+        if record is not None and record.params.scores_likelihood:
+            # Every Monte Carlo row is a forward of the whole prompt.
+            request.num_computed_tokens = 0
+        elif mode == "exact":
             request.num_computed_tokens = 0
         elif mode == "prefix":
             if num_emitted or not had_drafts or self._holes_pending(record):
@@ -432,7 +435,11 @@ class DiffusionScheduler(Scheduler):
 
     def _close_stats(self, record: RequestRecord) -> None:
         """Record a finished request's last step and its number of steps."""
-        if record.stats_closed or record.role is cfg.Role.UNCOND:
+        if (
+            record.stats_closed
+            or record.role is cfg.Role.UNCOND
+            or record.params.scores_likelihood  # scores; never denoises
+        ):
             return
         record.stats_closed = True
         self._observe_step(record, None)

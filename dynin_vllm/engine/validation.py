@@ -90,12 +90,15 @@ def resolve_request(
             f"max_tokens ({max_tokens}) is smaller than the supplied canvas "
             f"({len(canvas)} tokens); the canvas is the whole answer.",
         )
-    if sampling_params.logprobs is not None:
+    if params.scores_likelihood:
+        _check_likelihood_request(sampling_params)
+    elif sampling_params.logprobs is not None:
         _reject(
             "logprobs",
             "Sample logprobs are not available for masked-diffusion models "
             "(tokens are committed by confidence, not sampled left to right); "
-            "prompt_logprobs are.",
+            "prompt_logprobs are, and likelihood requests (likelihood_tokens) "
+            "return their estimate as logprobs.",
         )
     if sampling_params.structured_outputs is not None:
         _reject(
@@ -109,6 +112,51 @@ def resolve_request(
     if sampling_params.bad_words:
         _reject("bad_words", "bad_words is not supported for masked-diffusion models.")
     return params
+
+
+def _check_likelihood_request(sampling_params: Any) -> None:
+    """A likelihood request reports through prompt logprobs and emits one
+    token (``dynin_vllm.engine.likelihood``)."""
+    if sampling_params.prompt_logprobs is None:
+        _reject(
+            "prompt_logprobs",
+            "A likelihood request (likelihood_tokens) returns its estimate as "
+            "prompt logprobs: set echo=true with logprobs (completions API) or "
+            "prompt_logprobs (SamplingParams).",
+        )
+    if sampling_params.max_tokens is not None and sampling_params.max_tokens > 1:
+        _reject(
+            "max_tokens",
+            "A likelihood request (likelihood_tokens) scores its prompt and "
+            f"generates nothing: max_tokens must be 0 or 1, got "
+            f"{sampling_params.max_tokens}.",
+        )
+    if sampling_params.n != 1:
+        _reject(
+            "n",
+            "A likelihood request (likelihood_tokens) has one estimate; n must "
+            "be 1 (use mc_num for more Monte Carlo samples).",
+        )
+
+
+def check_prompt(prompt_token_ids: Any, sampling_params: Any) -> None:
+    """The checks that need the tokenized prompt (the front end calls this
+    once the prompt is rendered); raise ``VLLMValidationError`` naming the
+    field."""
+    extra = getattr(sampling_params, "extra_args", None) or {}
+    wire = extra.get(RESOLVED_KEY)
+    tokens = wire.get("likelihood_tokens") if isinstance(wire, Mapping) else None
+    if tokens is None or prompt_token_ids is None:
+        return
+    prompt_len = len(prompt_token_ids)
+    if tokens >= prompt_len:
+        _reject(
+            "likelihood_tokens",
+            f"likelihood_tokens ({tokens}) must be smaller than the prompt "
+            f"({prompt_len} tokens): the continuation needs a context of at "
+            "least one token before it.",
+            tokens,
+        )
 
 
 def write_resolved(sampling_params: Any, params: DiffusionParams) -> None:
