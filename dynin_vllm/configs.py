@@ -93,6 +93,10 @@ _UNSUPPORTED_VALUES: dict[str, Any] = {
 }
 
 
+#: ``model_type`` of the checkpoints that take images (``multimodal.processor``).
+IMAGE_MODEL_TYPES: tuple[str, ...] = ("dynin_omni",)
+
+
 class LLaDAConfig(PretrainedConfig):
     """Config of ``LLaDAModelLM`` checkpoints (``GSAI-ML/LLaDA-8B-Instruct``)."""
 

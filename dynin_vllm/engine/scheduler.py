@@ -249,6 +249,14 @@ class DiffusionScheduler(Scheduler):
         for request in preempted:
             self._preempt_request(request, now)
 
+    def _free_encoder_inputs(self, request: Any) -> None:
+        # Keep a request's encoder outputs (its image embeddings) until it
+        # finishes: its forwards re-cover the prompt (every step in ``exact``,
+        # each refresh in ``prefix``, every likelihood row), and a freed entry
+        # may be evicted and the image encoded again. vLLM frees them when the
+        # request finishes, is aborted or is preempted.
+        return None
+
     # --- after a step ------------------------------------------------------
     def update_from_output(
         self, scheduler_output: Any, model_runner_output: Any

@@ -17,7 +17,7 @@ every unknown, missing or mis-shaped tensor at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -38,14 +38,25 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
     ParallelLMHead,
     VocabParallelEmbedding,
 )
-from vllm.model_executor.models.interfaces import SupportsLoRA, SupportsQuant
+from vllm.model_executor.models.interfaces import (
+    SupportsLoRA,
+    SupportsMultiModal,
+    SupportsQuant,
+)
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper
+from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
 from dynin_vllm import vllm_private
-from dynin_vllm.configs import LLaDAConfig
+from dynin_vllm.configs import IMAGE_MODEL_TYPES, LLaDAConfig
 from dynin_vllm.model.attention import make_bidirectional
 from dynin_vllm.model.layout import IGNORED_PREFIXES, PREFIX, checkpoint_shapes
+from dynin_vllm.model.media_encoders import ImageEncoder
+from dynin_vllm.multimodal.processor import (
+    DyninDummyInputsBuilder,
+    DyninMultiModalProcessor,
+    DyninProcessingInfo,
+)
 
 logger = init_logger(__name__)
 
@@ -291,12 +302,21 @@ class _LayoutCheck:
             )
 
 
-class LLaDAForMaskedDiffusion(nn.Module, SupportsLoRA, SupportsQuant):
+@MULTIMODAL_REGISTRY.register_processor(
+    DyninMultiModalProcessor,
+    info=DyninProcessingInfo,
+    dummy_inputs=DyninDummyInputsBuilder,
+)
+class LLaDAForMaskedDiffusion(
+    nn.Module, SupportsMultiModal, SupportsLoRA, SupportsQuant
+):
     """vLLM model for ``LLaDAModelLM``, ``MMadaModelLM`` and ``DyninOmniModelLM``.
 
     The forward pass is an ordinary paged-KV transformer forward with
     bidirectional attention; the masked-denoising loop lives in the engine
     (``dynin_vllm.engine``) and the diffusion core (``dynin_vllm.diffusion``).
+    Dynin-Omni checkpoints also take images (``embed_multimodal``); the others
+    are text-only (their processor accepts no media).
     """
 
     #: Read by ``dynin_vllm.engine``: this model denoises masked canvases.
@@ -326,6 +346,32 @@ class LLaDAForMaskedDiffusion(nn.Module, SupportsLoRA, SupportsQuant):
         # Matrices may be padded past vocab_size (embedding_size); logits are
         # cut back to vocab_size.
         self.logits_processor = LogitsProcessor(config.vocab_size)
+        # Not a submodule: its weights are not in the checkpoint.
+        self._image_encoder = (
+            ImageEncoder.for_model(vllm_config.model_config.model)
+            if config.model_type in IMAGE_MODEL_TYPES
+            else None
+        )
+
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        # The processor puts the image first; the chat text gets no marker.
+        if modality == "image":
+            return None
+        raise ValueError(f"Dynin-Omni takes no {modality} input")
+
+    def get_language_model(self) -> nn.Module:
+        return self
+
+    def embed_multimodal(self, **kwargs: object) -> list[torch.Tensor]:
+        pixel_values = kwargs.get("pixel_values")
+        if pixel_values is None:
+            return []
+        if self._image_encoder is None:
+            raise RuntimeError("image input reached a model without MAGVIT-v2")
+        return self._image_encoder.embed(
+            pixel_values, kwargs["image_code_offset"], self.embed_input_ids
+        )
 
     @property
     def lm_head(self) -> nn.Module:
@@ -336,8 +382,19 @@ class LLaDAForMaskedDiffusion(nn.Module, SupportsLoRA, SupportsQuant):
         wte = self.model.transformer.wte
         return getattr(wte, "base_layer", wte)
 
-    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.transformer.embed_input_ids(input_ids)
+    def embed_input_ids(
+        self,
+        input_ids: torch.Tensor,
+        multimodal_embeddings: Sequence[torch.Tensor] | None = None,
+        *,
+        is_multimodal: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        embeds = self.model.transformer.embed_input_ids(input_ids)
+        if multimodal_embeddings and is_multimodal is not None:
+            media = torch.cat(list(multimodal_embeddings)).to(embeds.dtype)
+            embeds = embeds.clone()
+            embeds[is_multimodal] = media
+        return embeds
 
     def forward(
         self,

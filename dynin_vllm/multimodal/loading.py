@@ -91,6 +91,44 @@ def resolve_checkpoint_dir(
         ) from exc
 
 
+#: Sub-directories of a model directory that hold its codecs, when shipped
+#: beside it (the embedded tiny checkpoint does; the hub repos do not).
+MAGVIT_SUBDIR = "magvitv2"
+EMOVA_SUBDIR = "emova_speech_tokenizer"
+
+
+def locate_codec(
+    model: str | os.PathLike | None,
+    *,
+    env_var: str,
+    subdir: str,
+    default_repo: str,
+) -> Path:
+    """The codec directory for the model at ``model`` (a directory or hub id).
+
+    First match wins: the environment variable ``env_var``; the model
+    directory's ``subdir``; the hub id ``default_repo`` (downloaded, or read
+    from the local cache when offline). Raises :class:`CheckpointError`
+    saying what to download when none is available.
+    """
+    if os.environ.get(env_var):
+        return resolve_checkpoint_dir(None, env_var=env_var, default_repo=default_repo)
+    if model is not None:
+        beside = Path(model).expanduser() / subdir
+        if beside.is_dir():
+            return beside
+    try:
+        return resolve_checkpoint_dir(
+            default_repo, env_var=env_var, default_repo=default_repo
+        )
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"no codec weights found for this model: download {default_repo} and "
+            f"set {env_var} to its directory, or place it in <model dir>/{subdir} "
+            f"({exc})"
+        ) from exc
+
+
 def read_config(directory: Path) -> dict[str, Any]:
     """Parse ``config.json`` (an empty dict when the file is absent)."""
     path = directory / CONFIG_NAME

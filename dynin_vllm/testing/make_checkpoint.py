@@ -30,11 +30,14 @@ from safetensors.torch import save_file
 
 from dynin_vllm.configs import (
     DYNIN_EXTRA_FIELDS,
+    IMAGE_MODEL_TYPES,
     LLADA_8B_FIELDS,
     MMADA_EXTRA_FIELDS,
     LLaDAConfig,
 )
 from dynin_vllm.model.layout import checkpoint_shapes
+from dynin_vllm.multimodal.loading import MAGVIT_SUBDIR
+from dynin_vllm.testing.make_codec_checkpoint import make_magvit2_checkpoint
 from dynin_vllm.testing.tokenizer import save_tokenizer
 
 
@@ -190,6 +193,9 @@ def make_checkpoint(
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
     spec = PRESETS[preset]
     save_tokenizer(out, spec.tokenizer_length, spec.header_newlines)
+    if spec.model_type in IMAGE_MODEL_TYPES:
+        # The image codec beside the model, where the engine looks for it.
+        make_magvit2_checkpoint(out / MAGVIT_SUBDIR, seed=seed)
     return out
 
 

@@ -1,0 +1,37 @@
+"""Reference prompts of the media-understanding tasks, from the media itself.
+
+The reference pipeline of image understanding: upstream's preprocessing
+(``image_transform``: shorter side to the resolution, centre crop, [-1, 1]),
+MAGVIT-v2 codes, vocabulary ids (``len(tokenizer) + code``), then upstream's
+layout (:func:`dynin_vllm.reference.prompts.mmu_prompt`), built here and not
+through the engine's processor. The codec is the production one: it is
+checked against upstream's outputs on its own (``tests/multimodal``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynin_vllm.multimodal.magvit2 import MagvitV2
+from dynin_vllm.multimodal.media import load_image, preprocess_image
+from dynin_vllm.reference.prompts import mmu_prompt
+
+
+def image_codes(magvit: MagvitV2, image: Any, resolution: int = 336) -> list[int]:
+    """MAGVIT-v2 codes of one image, row-major."""
+    pixels = preprocess_image(load_image(image), resolution)
+    return magvit.float().encode(pixels[None])[0].tolist()
+
+
+def image_understanding_prompt(
+    tokenizer: Any,
+    magvit: MagvitV2,
+    image: Any,
+    question: str,
+    *,
+    resolution: int = 336,
+) -> list[int]:
+    """``<|mmu|> <|soi|> ids <|eoi|> BOS tokenize(CHAT(question))``."""
+    offset = len(tokenizer)
+    ids = [offset + code for code in image_codes(magvit, image, resolution)]
+    return mmu_prompt(tokenizer, ids, question)
