@@ -82,3 +82,49 @@ def test_likelihood_rows_of_concurrent_requests_share_forwards(inprocess_llm):
     assert iterations == 8
     assert len(finished) == 3
     assert all(o.prompt_logprobs is not None for o in finished)
+
+
+def test_an_image_is_encoded_once_per_request(inprocess_llm, monkeypatch):
+    """``exact`` re-forwards the whole prompt every step; the image's encoder
+    output is kept, so MAGVIT-v2 runs once per image, not once per step."""
+    import numpy as np
+    from PIL import Image
+    from vllm import SamplingParams
+
+    from dynin_vllm.model.media_encoders import ImageEncoder
+
+    calls = []
+    original = ImageEncoder.codes
+
+    def counting(self, pixel_values):
+        calls.append(pixel_values.shape[0])
+        return original(self, pixel_values)
+
+    monkeypatch.setattr(ImageEncoder, "codes", counting)
+    rng = np.random.default_rng(7)
+    images = [
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        for _ in range(2)
+    ]
+    outputs = inprocess_llm.generate(
+        [
+            {
+                "prompt": f"Question {i}",
+                "multi_modal_data": {"image": image},
+                "mm_processor_kwargs": {"image_resolution": 64},
+            }
+            for i, image in enumerate(images)
+        ],
+        SamplingParams(
+            max_tokens=16,
+            temperature=0,
+            ignore_eos=True,
+            extra_args={"mode": "exact", "block_length": 4, "steps": 16},
+        ),
+        use_tqdm=False,
+    )
+    steps = [
+        o.outputs[0].spec_decode_metrics.to_dict()["num_spec_steps"] for o in outputs
+    ]
+    assert steps == [16, 16]
+    assert sum(calls) == 2

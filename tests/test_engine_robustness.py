@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from dynin_vllm.reference.likelihood import log_likelihood
+from dynin_vllm.reference.media_prompts import image_understanding_prompt
+from dynin_vllm.reference.prompts import chat_turn
 from dynin_vllm.reference.sampler import generate as reference_generate
 from tests.engine_utils import StatsRecorder, make_llm, shutdown
 
@@ -26,6 +30,11 @@ def _requests():
         config = {"mode": mode, "block_length": 8, "steps": 48, **extra}
         yield f"req{i}", prompt, config
 
+
+QUESTION = "What is shown?"
+IMAGE = Image.fromarray(
+    np.random.default_rng(3).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+)
 
 #: Likelihood requests queued with them: (prompt, continuation length).
 LIKELIHOOD = [([126080, *range(500, 560)], 12), ([126080, *range(600, 650)], 5)]
@@ -84,6 +93,20 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
             use_tqdm=False,
         )
         outputs, scored = outputs[: len(cases)], outputs[len(cases) :]
+        # An image request through the same tiny cache.
+        (pictured,) = llm.generate(
+            [
+                {
+                    "prompt": chat_turn(QUESTION),
+                    "multi_modal_data": {"image": IMAGE},
+                    "mm_processor_kwargs": {"image_resolution": 64},
+                },
+                *[{"prompt_token_ids": prompt} for _, prompt, _ in cases[:3]],
+            ],
+            [_params({"mode": "prefix", "block_length": 8, "steps": 48})]
+            + [_params(config) for _, _, config in cases[:3]],
+            use_tqdm=False,
+        )[:1]
         assert stats.preemptions > 0
         # A CFG pair that can never fit the cache fails instead of spinning.
         too_big = llm.generate(
@@ -113,6 +136,21 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
         )
         got = sum(next(iter(d.values())).logprob for d in out.prompt_logprobs[-n:])
         assert got == pytest.approx(want, rel=1e-6)
+    from transformers import AutoTokenizer
+
+    from dynin_vllm.multimodal.image_tokenizer import load_magvit2
+
+    prompt = image_understanding_prompt(
+        AutoTokenizer.from_pretrained(str(dynin_checkpoint)),
+        load_magvit2(dynin_checkpoint / "magvitv2"),
+        IMAGE,
+        QUESTION,
+        resolution=64,
+    )
+    want = reference_generate(
+        reference_model, prompt, gen_length=48, mode="prefix", block_length=8, steps=48
+    )
+    assert list(pictured.outputs[0].token_ids) == want.answer
     assert too_big.outputs[0].finish_reason == "error"
     assert list(healthy.outputs[0].token_ids) == list(outputs[0].outputs[0].token_ids)
 

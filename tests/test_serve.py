@@ -521,3 +521,100 @@ def test_lm_eval_multiple_choice_task_end_to_end(
         assert got == pytest.approx(expected, rel=1e-5)
         correct += max(range(len(expected)), key=expected.__getitem__) == doc["label"]
     assert results["results"]["dynin_local_mc"]["acc,none"] == correct / len(docs)
+
+
+# --------------------------------------------------------------------------
+# Image understanding (chat with an image)
+# --------------------------------------------------------------------------
+def _data_url(image, fmt: str = "PNG") -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return (
+        f"data:image/{fmt.lower()};base64,"
+        + base64.b64encode(buffer.getvalue()).decode()
+    )
+
+
+def _image_chat(base, model, parts, **extra):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    return client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": parts}],
+        max_tokens=8,
+        temperature=0,
+        extra_body={"vllm_xargs": {"block_length": 4, "steps": 8}, **extra},
+    )
+
+
+def test_chat_with_a_data_url_image_matches_the_reference(
+    server, tokenizer, reference_model, dynin_checkpoint
+):
+    import numpy as np
+    from PIL import Image
+
+    from dynin_vllm.multimodal.image_tokenizer import load_magvit2
+    from dynin_vllm.reference.media_prompts import image_understanding_prompt
+
+    base, model = server
+    rng = np.random.default_rng(11)
+    image = Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    question = "What is in this image?"
+    prompt = image_understanding_prompt(
+        tokenizer, load_magvit2(dynin_checkpoint / "magvitv2"), image, question
+    )
+    want = _expected_text(
+        tokenizer, reference_model, prompt, gen_length=8, block_length=4, steps=8
+    )
+    response = _image_chat(
+        base,
+        model,
+        [
+            {"type": "image_url", "image_url": {"url": _data_url(image)}},
+            {"type": "text", "text": question},
+        ],
+    )
+    assert response.choices[0].message.content == want
+    assert response.usage.prompt_tokens == len(prompt)
+
+
+@pytest.mark.parametrize(
+    ("parts", "extra", "message"),
+    [
+        (
+            [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}],
+            {},
+            "Failed to load image",
+        ),
+        ("two images", {}, "At most 1 image"),
+        (
+            # vLLM refuses per-request processor options unless the server
+            # trusts them (--trust-request-mm-kwargs); --mm-processor-kwargs
+            # sets them for every request.
+            "one image",
+            {"mm_processor_kwargs": {"image_resolution": 64}},
+            "mm_processor_kwargs",
+        ),
+    ],
+)
+def test_bad_image_chat_gets_400_and_the_server_goes_on(server, parts, extra, message):
+    import numpy as np
+    import openai
+    from PIL import Image
+
+    base, model = server
+    image = Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8))
+    part = {"type": "image_url", "image_url": {"url": _data_url(image)}}
+    if parts == "two images":
+        parts = [part, part]
+    elif parts == "one image":
+        parts = [part]
+    with pytest.raises(openai.BadRequestError) as err:
+        _image_chat(base, model, [*parts, {"type": "text", "text": "Hi"}], **extra)
+    assert message in str(err.value)
+    ok = _image_chat(base, model, [part, {"type": "text", "text": "Hi"}])
+    assert ok.choices[0].finish_reason in ("length", "stop")

@@ -1,0 +1,188 @@
+"""Image understanding in the engine equals the reference pipeline.
+
+The reference (``dynin_vllm.reference.media_prompts``) encodes the image with
+MAGVIT-v2 and builds upstream's layout itself; the engine gets the image the
+vLLM way (``LLM.chat`` content parts, ``multi_modal_data``), encodes it inside
+the engine and must answer token for token the same, at temperature 0, in
+``exact`` and ``prefix``, alone and batched with text and with each other.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dynin_vllm.reference.media_prompts import image_understanding_prompt
+from dynin_vllm.reference.sampler import generate as reference_generate
+
+pytestmark = pytest.mark.engine
+
+BOS, MMU, SOI, EOI = 126080, 126089, 126084, 126085
+PLACEHOLDER = 126110
+SMALL = 64  # 16 codes: most cases use it to stay fast on CPU
+
+
+def _image(seed: int, size=(90, 120), mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+    return image.convert(mode)
+
+
+#: name: (image, question, config, resolution)
+CASES = {
+    "rgb-exact": (_image(0), "What is in the picture?", {"mode": "exact"}, SMALL),
+    "rgb-prefix": (_image(1), "Describe it.", {"mode": "prefix"}, SMALL),
+    "rgba-prefix": (_image(2, mode="RGBA"), "Colors?", {"mode": "prefix"}, SMALL),
+    "gray-exact": (_image(3, (40, 200), "L"), "Shape?", {"mode": "exact"}, SMALL),
+    "palette-threshold": (
+        _image(4, mode="P"),
+        "Count.",
+        {"mode": "prefix", "threshold": 0.3},
+        SMALL,
+    ),
+    "default-resolution": (_image(5, (400, 360)), "Where?", {"mode": "prefix"}, None),
+}
+ANSWER, BLOCK = 8, 4
+
+
+def _config(config: dict) -> dict:
+    steps = {} if "threshold" in config else {"steps": ANSWER}
+    return {"block_length": BLOCK, **steps, **config}
+
+
+def _sampling_params(config: dict):
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        max_tokens=ANSWER, temperature=0, ignore_eos=True, extra_args=_config(config)
+    )
+
+
+def _mm_kwargs(resolution):
+    return None if resolution is None else {"image_resolution": resolution}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(dynin_checkpoint):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(dynin_checkpoint))
+
+
+@pytest.fixture(scope="module")
+def magvit(dynin_checkpoint):
+    from dynin_vllm.multimodal.image_tokenizer import load_magvit2
+
+    return load_magvit2(dynin_checkpoint / "magvitv2")
+
+
+@pytest.fixture(scope="module")
+def expected(tokenizer, magvit, reference_model):
+    out = {}
+    for name, (image, question, config, resolution) in CASES.items():
+        prompt = image_understanding_prompt(
+            tokenizer, magvit, image, question, resolution=resolution or 336
+        )
+        answer = reference_generate(
+            reference_model, prompt, gen_length=ANSWER, **_config(config)
+        ).answer
+        out[name] = (prompt, answer)
+    return out
+
+
+def _check_prompt(got: list[int], want: list[int]) -> None:
+    """The engine's prompt is the reference's with placeholders for the codes."""
+    assert len(got) == len(want)
+    codes = [i for i, t in enumerate(got) if t == PLACEHOLDER]
+    assert got[:2] == [MMU, SOI] and got[len(codes) + 2 : len(codes) + 4] == [EOI, BOS]
+    assert codes == list(range(2, 2 + len(codes)))
+    assert [t for i, t in enumerate(got) if i not in codes] == [
+        t for i, t in enumerate(want) if i not in codes
+    ]
+
+
+def test_images_change_the_reference_answer(expected):
+    """The cases discriminate: different images give different answers."""
+    answers = {tuple(answer) for _, answer in expected.values()}
+    assert len(answers) >= 3
+
+
+def test_chat_with_an_image_matches_the_reference_alone(dynin_llm, expected):
+    for name, (image, question, config, resolution) in CASES.items():
+        conversation = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_pil", "image_pil": image},
+                    {"type": "text", "text": question},
+                ],
+            }
+        ]
+        (out,) = dynin_llm.chat(
+            [conversation],
+            _sampling_params(config),
+            use_tqdm=False,
+            mm_processor_kwargs=_mm_kwargs(resolution),
+        )
+        prompt, answer = expected[name]
+        _check_prompt(list(out.prompt_token_ids), prompt)
+        assert list(out.outputs[0].token_ids) == answer, name
+
+
+def test_generate_batches_images_with_each_other_and_with_text(
+    dynin_llm, expected, tokenizer, reference_model
+):
+    from dynin_vllm.reference.prompts import chat_turn
+
+    requests, params = [], []
+    for image, question, config, resolution in CASES.values():
+        request = {
+            "prompt": chat_turn(question),
+            "multi_modal_data": {"image": image},
+        }
+        if resolution is not None:
+            request["mm_processor_kwargs"] = _mm_kwargs(resolution)
+        requests.append(request)
+        params.append(_sampling_params(config))
+    text_prompt = [BOS, *range(300, 312)]
+    requests.append({"prompt_token_ids": text_prompt})
+    params.append(_sampling_params({"mode": "prefix"}))
+    outputs = dynin_llm.generate(requests, params, use_tqdm=False)
+    for name, out in zip(CASES, outputs, strict=False):
+        prompt, answer = expected[name]
+        _check_prompt(list(out.prompt_token_ids), prompt)
+        assert list(out.outputs[0].token_ids) == answer, name
+    text = reference_generate(
+        reference_model, text_prompt, gen_length=ANSWER, **_config({"mode": "prefix"})
+    ).answer
+    assert list(outputs[-1].outputs[0].token_ids) == text
+
+
+@pytest.mark.parametrize(
+    ("request_update", "message"),
+    [
+        ({"mm_processor_kwargs": {"image_resolution": 50}}, "image_resolution"),
+        ({"mm_processor_kwargs": {"image_resolution": 1024}}, "image_resolution"),
+        ({"multi_modal_data": {"image": [_image(0), _image(1)]}}, "At most 1 image"),
+    ],
+)
+def test_bad_image_requests_are_refused_and_the_engine_goes_on(
+    dynin_llm, request_update, message
+):
+    request = {"prompt": "Hi", "multi_modal_data": {"image": _image(0)}}
+    request.update(request_update)
+    with pytest.raises(Exception, match=message):
+        dynin_llm.generate([request], _sampling_params({}), use_tqdm=False)
+    (out,) = dynin_llm.generate(
+        [
+            {
+                "prompt": "Hi",
+                "multi_modal_data": {"image": _image(0)},
+                "mm_processor_kwargs": {"image_resolution": SMALL},
+            }
+        ],
+        _sampling_params({}),
+        use_tqdm=False,
+    )
+    assert len(out.outputs[0].token_ids) == ANSWER
