@@ -52,8 +52,9 @@ def register() -> None:
     from dynin_vllm.engine.infill import apply_filled_prompt
 
     vllm_private.wrap_request_outputs(apply_filled_prompt)
-    # Likelihood requests are checked against their prompt's length.
-    from dynin_vllm.engine.validation import check_prompt
+    # What the parse can only settle once the prompt is rendered: likelihood
+    # requests against their prompt's length, the task of media requests.
+    from dynin_vllm.engine.validation import settle_rendered_request
 
-    vllm_private.check_rendered_requests(check_prompt)
+    vllm_private.check_rendered_requests(settle_rendered_request)
     _registered = True

@@ -266,7 +266,11 @@ TOUCHED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
         },
         (),
     ),
-    "vllm.v1.engine:EngineCoreRequest": ({}, ("prompt_token_ids", "sampling_params")),
+    "vllm.v1.engine:EngineCoreRequest": (
+        {},
+        ("prompt_token_ids", "sampling_params", "mm_features"),
+    ),
+    "vllm.multimodal.inputs:MultiModalFeatureSpec": ({}, ("modality",)),
 }
 
 #: Keyword arguments we pass to vLLM constructors: each must stay a
@@ -458,11 +462,12 @@ def wrap_request_outputs(
     RequestState._new_request_output = _new_request_output
 
 
-def check_rendered_requests(check: Callable[[Any, Any], None]) -> None:
-    """Front end: call ``check(prompt_token_ids, sampling_params)`` on every
-    request once its prompt is rendered and its parameters validated; an
-    exception it raises (``VLLMValidationError``: HTTP 400) rejects the
-    request before it reaches the engine. Idempotent.
+def check_rendered_requests(check: Callable[[Any, Any, list[str]], None]) -> None:
+    """Front end: call ``check(prompt_token_ids, sampling_params, modalities)``
+    on every request once its prompt is rendered and its parameters validated
+    (``modalities``: one entry per media item); it may update the request's
+    ``sampling_params``, and an exception it raises (``VLLMValidationError``:
+    HTTP 400) rejects the request before it reaches the engine. Idempotent.
 
     vLLM validates parameters before it renders the prompt, so checks that
     need the prompt's length have no public hook.
@@ -476,7 +481,8 @@ def check_rendered_requests(check: Callable[[Any, Any], None]) -> None:
     @functools.wraps(original)
     def process_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
         request = original(self, *args, **kwargs)
-        check(request.prompt_token_ids, request.sampling_params)
+        modalities = [f.modality for f in request.mm_features or ()]
+        check(request.prompt_token_ids, request.sampling_params, modalities)
         return request
 
     process_inputs.__dynin_wrapped__ = True  # type: ignore[attr-defined]

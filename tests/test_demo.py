@@ -37,6 +37,8 @@ def test_serve_demo_prints_requests_and_answers_one(dynin_checkpoint):
     assert f"curl -s http://127.0.0.1:{port}/v1/completions" in out
     assert f"curl -s http://127.0.0.1:{port}/v1/chat/completions" in out
     assert "Example completion: '" in out
+    assert '"type": "image_url"' in out
+    assert "Example image chat: '" in out
 
 
 def test_offline_example_reports_steps(dynin_checkpoint):

@@ -186,3 +186,74 @@ def test_bad_image_requests_are_refused_and_the_engine_goes_on(
         use_tqdm=False,
     )
     assert len(out.outputs[0].token_ids) == ANSWER
+
+
+def test_image_requests_use_upstreams_image_defaults(
+    dynin_llm, tokenizer, magvit, reference_model
+):
+    """Without block_length and steps an image request runs as upstream's
+    image demo: one block over the answer, two tokens per step."""
+    from vllm import SamplingParams
+
+    from dynin_vllm.reference.prompts import chat_turn
+
+    image, question = _image(9), "Anything?"
+    (out,) = dynin_llm.generate(
+        [
+            {
+                "prompt": chat_turn(question),
+                "multi_modal_data": {"image": image},
+                "mm_processor_kwargs": {"image_resolution": SMALL},
+            }
+        ],
+        SamplingParams(max_tokens=ANSWER, temperature=0, ignore_eos=True),
+        use_tqdm=False,
+    )
+    params = dict(dynin_llm.collective_rpc("recent_request_params")[0][-1][1])
+    assert (params["task"], params["block_length"], params["steps"]) == (
+        "image",
+        ANSWER,
+        ANSWER // 2,
+    )
+    prompt = image_understanding_prompt(
+        tokenizer, magvit, image, question, resolution=SMALL
+    )
+    want = reference_generate(
+        reference_model,
+        prompt,
+        gen_length=ANSWER,
+        block_length=ANSWER,
+        steps=ANSWER // 2,
+        mode="prefix",
+    ).answer
+    assert list(out.outputs[0].token_ids) == want
+
+
+def test_without_codec_weights_text_works_and_images_say_what_to_download(tmp_path):
+    """A Dynin checkpoint whose MAGVIT-v2 weights cannot be found serves text;
+    an image request is refused with what to download."""
+    import shutil
+
+    from dynin_vllm.testing.make_checkpoint import make_checkpoint
+    from tests.engine_utils import make_llm, shutdown, temporary_env
+
+    checkpoint = make_checkpoint(tmp_path / "no-codec", "dynin")
+    shutil.rmtree(checkpoint / "magvitv2")
+    with temporary_env(HF_HUB_OFFLINE="1", DYNIN_MAGVIT_PATH=""):
+        llm = make_llm(checkpoint, gpu_memory_utilization=0.15)
+        try:
+            (text,) = llm.generate(
+                [{"prompt_token_ids": [BOS, 5, 6, 7]}],
+                _sampling_params({}),
+                use_tqdm=False,
+            )
+            assert len(text.outputs[0].token_ids) == ANSWER
+            with pytest.raises(Exception, match="snu-aidas/magvitv2") as err:
+                llm.generate(
+                    [{"prompt": "Hi", "multi_modal_data": {"image": _image(0)}}],
+                    _sampling_params({}),
+                    use_tqdm=False,
+                )
+            assert "DYNIN_MAGVIT_PATH" in str(err.value)
+        finally:
+            shutdown(llm)

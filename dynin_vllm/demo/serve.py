@@ -24,7 +24,10 @@ DEFAULT_CHECKPOINT = Path("checkpoints") / "dynin-omni-tiny"
 
 def ensure_tiny_checkpoint(path: Path = DEFAULT_CHECKPOINT) -> Path:
     """Build the tiny Dynin-Omni checkpoint at ``path`` unless it is there."""
-    if not (path / "model.safetensors.index.json").exists():
+    # (Re)built when incomplete, e.g. from before it shipped its image codec.
+    if not all(
+        (path / name).exists() for name in ("model.safetensors.index.json", "magvitv2")
+    ):
         from dynin_vllm.testing.make_checkpoint import make_checkpoint
 
         print(f"Building the tiny Dynin-Omni checkpoint in {path} ...", flush=True)
@@ -46,12 +49,44 @@ EXAMPLE_CHAT = {
 }
 
 
+def _example_image_url() -> str:
+    """A small PNG (a colour gradient) as a data URL."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, 32, dtype=np.uint8)
+    pixels = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 128), -1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+#: Image understanding: a chat turn with an image part.
+EXAMPLE_IMAGE_CHAT = {
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": _example_image_url()}},
+                {"type": "text", "text": "What is in this image?"},
+            ],
+        }
+    ],
+    "max_tokens": 16,
+    "temperature": 0,
+}
+
+
 def example_requests(base: str, model: str) -> str:
     """Ready-to-paste ``curl`` commands for the completion and chat endpoints."""
     lines = []
     for path, body in (
         ("completions", EXAMPLE_COMPLETION),
         ("chat/completions", EXAMPLE_CHAT),
+        ("chat/completions", EXAMPLE_IMAGE_CHAT),
     ):
         payload = json.dumps({"model": model, **body})
         lines.append(
@@ -61,14 +96,25 @@ def example_requests(base: str, model: str) -> str:
     return "\n\n".join(lines)
 
 
-def send_example(base: str, model: str) -> str:
-    """Send the example completion; return its text."""
-    body = json.dumps({"model": model, **EXAMPLE_COMPLETION}).encode()
+def _post(base: str, path: str, body: dict) -> dict:
+    data = json.dumps(body).encode()
     request = urllib.request.Request(
-        f"{base}/v1/completions", body, {"Content-Type": "application/json"}
+        f"{base}/v1/{path}", data, {"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=120) as resp:
-        return json.loads(resp.read())["choices"][0]["text"]
+        return json.loads(resp.read())
+
+
+def send_example(base: str, model: str) -> str:
+    """Send the example completion; return its text."""
+    body = {"model": model, **EXAMPLE_COMPLETION}
+    return _post(base, "completions", body)["choices"][0]["text"]
+
+
+def send_image_example(base: str, model: str) -> str:
+    """Send the image-understanding chat example; return its answer."""
+    body = {"model": model, **EXAMPLE_IMAGE_CHAT}
+    return _post(base, "chat/completions", body)["choices"][0]["message"]["content"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             base = server.base_url
             print("\nServer ready. Example requests:\n", flush=True)
             print(example_requests(base, model), flush=True)
-            print(f"\nExample completion: {send_example(base, model)!r}\n", flush=True)
+            print(f"\nExample completion: {send_example(base, model)!r}", flush=True)
+            answer = send_image_example(base, model)
+            print(f"Example image chat: {answer!r}\n", flush=True)
             if args.once:
                 return 0
             print("Serving; press Ctrl-C to stop.", flush=True)

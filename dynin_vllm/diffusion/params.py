@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 MODES = ("prefix", "exact", "block")
@@ -80,7 +80,15 @@ PARAM_NAMES = (
 DECODING_RULES = ("threshold", "factor")
 
 #: Tasks a request can belong to (the label of its metrics).
-TASKS = ("text",)
+TASKS = ("text", "image")
+
+#: Upstream's denoising defaults per task (``dynin.md`` §5.2), as functions of
+#: the answer length; a value the request or the server sets wins. Image
+#: understanding (``configs/dynin_omni_demo.yaml``): one block over the whole
+#: answer, two tokens per step.
+TASK_DEFAULTS: dict[str, Any] = {
+    "image": lambda answer: {"block_length": answer, "steps": max(1, answer // 2)},
+}
 
 #: Keys reserved for the engine's own bookkeeping (never set by clients).
 INTERNAL_PREFIX = "_dynin_"
@@ -120,6 +128,9 @@ class DiffusionParams:
     likelihood_tokens: int | None = None
     mc_num: int = 128
     mc_batch_size: int = 32
+    # The names of BUILTIN_DEFAULTS that the request or the server set (a
+    # task's own defaults apply to the others).
+    explicit: tuple[str, ...] = ()
 
     @property
     def uses_cfg(self) -> bool:
@@ -147,6 +158,7 @@ class DiffusionParams:
         for name in ("canvas", "uncond_prompt_token_ids"):
             if wire[name] is not None:
                 wire[name] = list(wire[name])
+        wire["explicit"] = list(wire["explicit"])
         return wire
 
     @classmethod
@@ -167,7 +179,19 @@ class DiffusionParams:
         for name in ("canvas", "uncond_prompt_token_ids"):
             if values[name] is not None:
                 values[name] = tuple(values[name])
+        values["explicit"] = tuple(values["explicit"])
         return cls(**values)
+
+    def for_task(self, task: str, answer_len: int | None) -> DiffusionParams:
+        """These parameters for a request of ``task`` with ``answer_len``
+        answer slots: the task's defaults where nothing was set explicitly."""
+        changes: dict[str, Any] = {"task": task}
+        make_defaults = TASK_DEFAULTS.get(task)
+        if make_defaults is not None and answer_len and not self.scores_likelihood:
+            for name, value in make_defaults(answer_len).items():
+                if name not in self.explicit:
+                    changes[name] = value
+        return replace(self, **changes)
 
 
 def fold_seed(seed: int) -> int:
@@ -248,6 +272,13 @@ def parse_params(
     }
     merged: dict[str, Any] = dict(BUILTIN_DEFAULTS)
     merged.update({k: v for k, v in (defaults or {}).items() if k in BUILTIN_DEFAULTS})
+    explicit = tuple(
+        sorted(
+            k
+            for k in BUILTIN_DEFAULTS
+            if request.get(k) is not None or (defaults or {}).get(k) is not None
+        )
+    )
     if any(request.get(rule) is not None for rule in DECODING_RULES):
         for rule in DECODING_RULES:
             merged[rule] = None
@@ -309,6 +340,7 @@ def parse_params(
         likelihood_tokens=likelihood_tokens,
         mc_num=mc_num,
         mc_batch_size=mc_batch_size,
+        explicit=explicit,
     )
 
 

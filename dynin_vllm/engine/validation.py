@@ -28,7 +28,7 @@ import base64
 import dataclasses
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vllm.exceptions import VLLMValidationError
@@ -139,23 +139,36 @@ def _check_likelihood_request(sampling_params: Any) -> None:
         )
 
 
-def check_prompt(prompt_token_ids: Any, sampling_params: Any) -> None:
-    """The checks that need the tokenized prompt (the front end calls this
-    once the prompt is rendered); raise ``VLLMValidationError`` naming the
-    field."""
+def settle_rendered_request(
+    prompt_token_ids: Any, sampling_params: Any, modalities: Sequence[str] = ()
+) -> None:
+    """The part of the parse that needs the rendered request (the front end
+    calls it once the prompt is tokenized and its media processed).
+
+    Checks that need the prompt's length (``VLLMValidationError`` naming the
+    field), and the request's task: an image request gets the image task's
+    defaults (``DiffusionParams.for_task``) where neither it nor the server
+    set a value.
+    """
     extra = getattr(sampling_params, "extra_args", None) or {}
     wire = extra.get(RESOLVED_KEY)
-    tokens = wire.get("likelihood_tokens") if isinstance(wire, Mapping) else None
-    if tokens is None or prompt_token_ids is None:
+    if not isinstance(wire, Mapping):
         return
-    prompt_len = len(prompt_token_ids)
-    if tokens >= prompt_len:
-        _reject(
-            "likelihood_tokens",
-            f"likelihood_tokens ({tokens}) must be smaller than the prompt "
-            f"({prompt_len} tokens): the continuation needs a context of at "
-            "least one token before it.",
-            tokens,
+    tokens = wire.get("likelihood_tokens")
+    if tokens is not None and prompt_token_ids is not None:
+        prompt_len = len(prompt_token_ids)
+        if tokens >= prompt_len:
+            _reject(
+                "likelihood_tokens",
+                f"likelihood_tokens ({tokens}) must be smaller than the prompt "
+                f"({prompt_len} tokens): the continuation needs a context of at "
+                "least one token before it.",
+                tokens,
+            )
+    if "image" in modalities:
+        params = DiffusionParams.from_wire(wire)
+        write_resolved(
+            sampling_params, params.for_task("image", sampling_params.max_tokens)
         )
 
 
