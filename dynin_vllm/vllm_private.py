@@ -74,6 +74,7 @@ SCHEDULER_SIGNATURES: dict[str, tuple[str, ...]] = {
     "finish_requests": ("self", "request_ids", "finished_status"),
     "update_draft_token_ids": ("self", "draft_token_ids"),
     "_preempt_request": ("self", "request", "timestamp", "drop_stale_output"),
+    "_free_encoder_inputs": ("self", "request"),
     "make_stats": (
         "self",
         "spec_decoding_stats",
@@ -183,6 +184,40 @@ ATTENTION_BUILDER_SIGNATURES: dict[str, tuple[str, ...]] = {
     "build": ("self", "common_prefix_len", "common_attn_metadata", "fast_build"),
 }
 
+#: Multimodal processing classes (``dynin_vllm.multimodal.processor``): vLLM's
+#: documented way to add a model's media inputs, with underscore methods.
+MM_PROCESSOR_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "_call_hf_processor": ("self", "hf_data", "hf_kwargs"),
+    "_get_mm_fields_config": ("self", "hf_inputs", "hf_processor_mm_kwargs"),
+    "_get_prompt_updates": (
+        "self",
+        "mm_items",
+        "hf_processor_mm_kwargs",
+        "out_mm_kwargs",
+    ),
+    "_postprocess_prompt": ("self", "prompt"),
+}
+MM_INFO_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "get_supported_mm_limits": ("self",),
+    "get_mm_max_tokens_per_item": ("self", "seq_len", "mm_counts"),
+    "get_hf_processor": ("self", "kwargs"),
+    "get_hf_config": ("self",),
+    "get_tokenizer": ("self",),
+}
+MM_DUMMY_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "get_dummy_text": ("self", "mm_counts"),
+    "get_dummy_mm_data": ("self", "seq_len", "mm_counts", "mm_options"),
+    "_get_dummy_images": ("self", "width", "height", "num_images", "overrides"),
+    "_get_dummy_videos": (
+        "self",
+        "width",
+        "height",
+        "num_frames",
+        "num_videos",
+        "overrides",
+    ),
+}
+
 #: Every vLLM class we subclass (``module:qualname``): the methods we override
 #: or call on it, and the instance attributes we read or write.
 SUBCLASSED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
@@ -211,6 +246,18 @@ SUBCLASSED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
     "vllm.v1.metrics.loggers:StatLoggerManager": (
         STAT_LOGGER_MANAGER_SIGNATURES,
         (),
+    ),
+    "vllm.multimodal.processing.processor:BaseMultiModalProcessor": (
+        MM_PROCESSOR_SIGNATURES,
+        ("info",),
+    ),
+    "vllm.multimodal.processing.context:BaseProcessingInfo": (
+        MM_INFO_SIGNATURES,
+        ("ctx",),
+    ),
+    "vllm.multimodal.processing.dummy_inputs:BaseDummyInputsBuilder": (
+        MM_DUMMY_SIGNATURES,
+        ("info",),
     ),
 }
 

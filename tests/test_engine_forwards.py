@@ -84,21 +84,29 @@ def test_likelihood_rows_of_concurrent_requests_share_forwards(inprocess_llm):
     assert all(o.prompt_logprobs is not None for o in finished)
 
 
-def test_an_image_is_encoded_once_per_request(inprocess_llm, monkeypatch):
+def test_an_image_is_encoded_once_per_request(
+    inprocess_llm, dynin_checkpoint, monkeypatch
+):
     """``exact`` re-forwards the whole prompt every step; the image's encoder
     output is kept, so MAGVIT-v2 runs once per image, not once per step."""
     import numpy as np
     from PIL import Image
+    from transformers import AutoTokenizer
     from vllm import SamplingParams
 
     from dynin_vllm.model.media_encoders import ImageEncoder
+    from dynin_vllm.multimodal.image_tokenizer import load_magvit2
+    from dynin_vllm.multimodal.processor import IMAGE_PLACEHOLDER_ID
+    from dynin_vllm.reference.media_prompts import image_understanding_prompt
 
-    calls = []
+    calls, codes = [], []
     original = ImageEncoder.codes
 
     def counting(self, pixel_values):
         calls.append(pixel_values.shape[0])
-        return original(self, pixel_values)
+        result = original(self, pixel_values)
+        codes.extend(result.tolist())
+        return result
 
     monkeypatch.setattr(ImageEncoder, "codes", counting)
     rng = np.random.default_rng(7)
@@ -128,3 +136,21 @@ def test_an_image_is_encoded_once_per_request(inprocess_llm, monkeypatch):
     ]
     assert steps == [16, 16]
     assert sum(calls) == 2
+    # What the engine forwarded: its prompt with each placeholder replaced by
+    # the vocabulary id of the code the engine's encoder produced there. It
+    # is the layout the reference builds from the image by itself.
+    tokenizer = AutoTokenizer.from_pretrained(str(dynin_checkpoint))
+    magvit = load_magvit2(dynin_checkpoint / "magvitv2")
+    for i, (image, out) in enumerate(zip(images, outputs, strict=True)):
+        engine_ids = iter(len(tokenizer) + c for c in codes[i])
+        forwarded = [
+            next(engine_ids) if t == IMAGE_PLACEHOLDER_ID else t
+            for t in out.prompt_token_ids
+        ]
+        want = image_understanding_prompt(
+            tokenizer, magvit, image, f"Question {i}", resolution=64
+        )
+        span = len(codes[i]) + 4  # task token, SOI, codes, EOI, BOS
+        assert forwarded[:span] == want[:span]
+        # A completion prompt is the text as given (no chat turn around it).
+        assert forwarded[span:] == tokenizer(f"Question {i}").input_ids

@@ -9,6 +9,8 @@ the engine and must answer token for token the same, at temperature 0, in
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,7 +20,7 @@ from dynin_vllm.reference.sampler import generate as reference_generate
 
 pytestmark = pytest.mark.engine
 
-BOS, MMU, SOI, EOI = 126080, 126089, 126084, 126085
+BOS, MMU, SOI, EOI, V2T = 126080, 126089, 126084, 126085, 126100
 PLACEHOLDER = 126110
 SMALL = 64  # 16 codes: most cases use it to stay fast on CPU
 
@@ -95,7 +97,8 @@ def _check_prompt(got: list[int], want: list[int]) -> None:
     """The engine's prompt is the reference's with placeholders for the codes."""
     assert len(got) == len(want)
     codes = [i for i, t in enumerate(got) if t == PLACEHOLDER]
-    assert got[:2] == [MMU, SOI] and got[len(codes) + 2 : len(codes) + 4] == [EOI, BOS]
+    assert got[:2] == want[:2] and want[:2] in ([MMU, SOI], [V2T, SOI])
+    assert got[len(codes) + 2 : len(codes) + 4] == [EOI, BOS]
     assert codes == list(range(2, 2 + len(codes)))
     assert [t for i, t in enumerate(got) if i not in codes] == [
         t for i, t in enumerate(want) if i not in codes
@@ -257,3 +260,137 @@ def test_without_codec_weights_text_works_and_images_say_what_to_download(tmp_pa
             assert "DYNIN_MAGVIT_PATH" in str(err.value)
         finally:
             shutdown(llm)
+
+
+# --------------------------------------------------------------------------
+# Videos
+# --------------------------------------------------------------------------
+FRAME = 32  # 4 codes per frame; 5 frames: 20 codes
+
+
+def _video(seed: int, frames: int = 12, size=(48, 64)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 255, (frames, *size, 3), dtype=np.uint8)
+
+
+def _mp4(path, frames: np.ndarray) -> str:
+    import cv2
+
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(
+        str(path), cv2.VideoWriter_fourcc(*"mp4v"), 8, (width, height)
+    )
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return str(path)
+
+
+def test_videos_match_the_reference_batched_with_images_and_text(
+    dynin_llm, tokenizer, magvit, reference_model
+):
+    from dynin_vllm.reference.media_prompts import video_understanding_prompt
+    from dynin_vllm.reference.prompts import chat_turn
+
+    cases = [
+        (_video(0), "What happens?", {"mode": "exact"}),
+        (_video(1, frames=30), "Describe the clip.", {"mode": "prefix"}),
+    ]
+    requests = [
+        {
+            "prompt": chat_turn(question),
+            "multi_modal_data": {"video": frames},
+            "mm_processor_kwargs": {"video_resolution": FRAME},
+        }
+        for frames, question, _ in cases
+    ]
+    image, question, config, resolution = CASES["rgb-prefix"]
+    requests.append(
+        {
+            "prompt": chat_turn(question),
+            "multi_modal_data": {"image": image},
+            "mm_processor_kwargs": _mm_kwargs(resolution),
+        }
+    )
+    requests.append({"prompt_token_ids": [BOS, *range(300, 312)]})
+    params = [_sampling_params(c) for *_, c in cases]
+    params += [_sampling_params(config), _sampling_params({"mode": "prefix"})]
+    outputs = dynin_llm.generate(requests, params, use_tqdm=False)
+    for (frames, question, config), out in zip(cases, outputs, strict=False):
+        prompt = video_understanding_prompt(
+            tokenizer, magvit, frames, question, resolution=FRAME
+        )
+        _check_prompt(list(out.prompt_token_ids), prompt)
+        want = reference_generate(
+            reference_model, prompt, gen_length=ANSWER, **_config(config)
+        ).answer
+        assert list(out.outputs[0].token_ids) == want
+    assert list(outputs[2].outputs[0].token_ids) == _image_answer(
+        tokenizer, magvit, reference_model, "rgb-prefix"
+    )
+
+
+def _image_answer(tokenizer, magvit, reference_model, name):
+    image, question, config, resolution = CASES[name]
+    prompt = image_understanding_prompt(
+        tokenizer, magvit, image, question, resolution=resolution or 336
+    )
+    return reference_generate(
+        reference_model, prompt, gen_length=ANSWER, **_config(config)
+    ).answer
+
+
+def test_a_video_file_in_chat_matches_the_reference(
+    dynin_llm, tokenizer, magvit, reference_model, tmp_path
+):
+    """A video URL decodes to upstream's frames (cv2, uniform sampling)."""
+    import base64
+
+    from dynin_vllm.reference.media_prompts import video_understanding_prompt
+
+    path = _mp4(tmp_path / "clip.mp4", _video(5, frames=17))
+    data = Path(path).read_bytes()
+    url = "data:video/mp4;base64," + base64.b64encode(data).decode()
+    question = "What is moving?"
+    (out,) = dynin_llm.chat(
+        [
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "video_url", "video_url": {"url": url}},
+                        {"type": "text", "text": question},
+                    ],
+                }
+            ]
+        ],
+        _sampling_params({"mode": "prefix"}),
+        use_tqdm=False,
+        mm_processor_kwargs={"video_resolution": FRAME},
+    )
+    prompt = video_understanding_prompt(
+        tokenizer, magvit, path, question, resolution=FRAME
+    )
+    want = reference_generate(
+        reference_model, prompt, gen_length=ANSWER, **_config({"mode": "prefix"})
+    ).answer
+    _check_prompt(list(out.prompt_token_ids), prompt)
+    assert list(out.outputs[0].token_ids) == want
+
+
+def test_an_image_and_a_video_together_are_refused(dynin_llm):
+    with pytest.raises(Exception, match="one media item per prompt"):
+        dynin_llm.generate(
+            [
+                {
+                    "prompt": "Hi",
+                    "multi_modal_data": {"image": _image(0), "video": _video(0)},
+                    "mm_processor_kwargs": {
+                        "image_resolution": SMALL,
+                        "video_resolution": FRAME,
+                    },
+                }
+            ],
+            _sampling_params({}),
+            use_tqdm=False,
+        )

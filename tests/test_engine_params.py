@@ -29,7 +29,14 @@ CHECKPOINT_DEFAULTS = {
     "infill": False,
 }
 SERVER_OVERRIDES = {"mode": "block", "cfg_scale": 0.0}
-NONE = {"factor": None, "canvas": None, "uncond_prompt_token_ids": None}
+NONE = {
+    "factor": None,
+    "canvas": None,
+    "uncond_prompt_token_ids": None,
+    "likelihood_tokens": None,
+}
+#: The likelihood settings as resolved (``mc_batch_size``: ``min(32, mc_num)``).
+MONTE_CARLO = {"mc_num": 128, "mc_batch_size": 32}
 
 
 def _run(llm, extra: dict | None, seed: int | None = 5) -> dict:
@@ -57,15 +64,24 @@ def configured_llm(tmp_path_factory):
 
 def test_builtin_defaults_reach_the_denoiser(dynin_llm):
     got = _run(dynin_llm, None, seed=3)
-    assert got == {**BUILTIN_DEFAULTS, **NONE, "seed": 3, "task": "text"}
+    assert got == {
+        **BUILTIN_DEFAULTS,
+        **NONE,
+        **MONTE_CARLO,
+        "seed": 3,
+        "task": "text",
+        "explicit": [],
+    }
     got = _run(dynin_llm, {"steps": 4, "block_length": 4, "seed": 11})
     assert got == {
         **BUILTIN_DEFAULTS,
         **NONE,
+        **MONTE_CARLO,
         "steps": 4,
         "block_length": 4,
         "seed": 11,
         "task": "text",
+        "explicit": ["block_length", "steps"],
     }
 
 
@@ -82,6 +98,17 @@ def test_checkpoint_and_server_defaults_reach_the_denoiser(configured_llm):
         "seed": 5,  # SamplingParams.seed
         "task": "text",
         **NONE,
+        **MONTE_CARLO,
+        # Set by the checkpoint or the server: a task's defaults yield to them.
+        "explicit": [
+            "block_length",
+            "cfg_scale",
+            "infill",
+            "mode",
+            "remasking",
+            "steps",
+            "threshold",
+        ],
     }
 
 

@@ -1,7 +1,9 @@
 """``vllm serve <tiny checkpoint>`` over real HTTP on loopback.
 
-The server is started with no model-specific flags, as a user would: only the
-shared CPU engine settings (``dynin_vllm.testing.engine_args``) as CLI flags.
+The server is started as a user would: the shared CPU engine settings
+(``dynin_vllm.testing.engine_args``) as CLI flags, and one server-wide media
+setting (``--mm-processor-kwargs``, small video frames for the short test
+context); nothing else model-specific.
 Answers are checked against the reference sampler, decoded with the
 checkpoint's tokenizer.
 """
@@ -28,9 +30,10 @@ EOS = 126081
 def server(dynin_checkpoint: Path, tmp_path_factory):
     """``vllm serve`` with the shared CPU engine settings and no model flags."""
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    with served(
-        dynin_checkpoint, extra_args=cli_args(ENGINE_ARGS), log_path=log
-    ) as running:
+    # A server-wide media setting (--mm-processor-kwargs): video frames at
+    # 64 px (16 codes each), so a video prompt fits the 512-token context.
+    args = {**ENGINE_ARGS, "mm_processor_kwargs": {"video_resolution": 64}}
+    with served(dynin_checkpoint, extra_args=cli_args(args), log_path=log) as running:
         yield running.base_url, running.model
 
 
@@ -618,3 +621,47 @@ def test_bad_image_chat_gets_400_and_the_server_goes_on(server, parts, extra, me
     assert message in str(err.value)
     ok = _image_chat(base, model, [part, {"type": "text", "text": "Hi"}])
     assert ok.choices[0].finish_reason in ("length", "stop")
+
+
+def test_chat_with_a_video_url_matches_the_reference(
+    server, tokenizer, reference_model, dynin_checkpoint, tmp_path
+):
+    """A video data URL: vLLM's loader decodes upstream's 5 frames (the
+    plugin's default), each encoded at the server's ``video_resolution``."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from dynin_vllm.multimodal.image_tokenizer import load_magvit2
+    from dynin_vllm.reference.media_prompts import video_understanding_prompt
+
+    base, model = server
+    frames = np.random.default_rng(4).integers(0, 255, (9, 40, 56, 3), dtype=np.uint8)
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 8, (56, 40))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    url = "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+    question = "What happens here?"
+    prompt = video_understanding_prompt(
+        tokenizer,
+        load_magvit2(dynin_checkpoint / "magvitv2"),
+        str(path),
+        question,
+        resolution=64,
+    )
+    want = _expected_text(
+        tokenizer, reference_model, prompt, gen_length=8, block_length=4, steps=8
+    )
+    response = _image_chat(
+        base,
+        model,
+        [
+            {"type": "video_url", "video_url": {"url": url}},
+            {"type": "text", "text": question},
+        ],
+    )
+    assert response.usage.prompt_tokens == len(prompt)
+    assert response.choices[0].message.content == want

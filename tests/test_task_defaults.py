@@ -28,3 +28,8 @@ def test_the_explicit_names_survive_the_wire():
     params = parse_params({"block_length": 8}, {"threshold": 0.9})
     assert params.explicit == ("block_length", "threshold")
     assert DiffusionParams.from_wire(params.to_wire()) == params
+
+
+def test_video_requests_get_one_block_at_one_token_per_step():
+    params = parse_params({}).for_task("video", 32)
+    assert (params.task, params.block_length, params.steps) == ("video", 32, 32)

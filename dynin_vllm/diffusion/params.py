@@ -80,14 +80,15 @@ PARAM_NAMES = (
 DECODING_RULES = ("threshold", "factor")
 
 #: Tasks a request can belong to (the label of its metrics).
-TASKS = ("text", "image")
+TASKS = ("text", "image", "video")
 
 #: Upstream's denoising defaults per task (``dynin.md`` §5.2), as functions of
 #: the answer length; a value the request or the server sets wins. Image
-#: understanding (``configs/dynin_omni_demo.yaml``): one block over the whole
-#: answer, two tokens per step.
+#: and video understanding (``configs/dynin_omni_demo.yaml``): one block over
+#: the whole answer, two tokens per step for images, one for videos.
 TASK_DEFAULTS: dict[str, Any] = {
     "image": lambda answer: {"block_length": answer, "steps": max(1, answer // 2)},
+    "video": lambda answer: {"block_length": answer, "steps": answer},
 }
 
 #: Keys reserved for the engine's own bookkeeping (never set by clients).

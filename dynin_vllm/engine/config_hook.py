@@ -27,6 +27,7 @@ from typing import Any
 from vllm.logger import init_logger
 
 from dynin_vllm import vllm_private
+from dynin_vllm.multimodal.settings import DEFAULT_VIDEO_FRAMES, VIDEO_FRAMES_KEY
 
 logger = init_logger(__name__)
 
@@ -75,6 +76,7 @@ def configure_engine(vllm_config: Any) -> None:
         and sched.max_num_scheduled_tokens < max_model_len
     ):
         sched.max_num_scheduled_tokens = max_model_len
+    _decode_upstreams_video_frames(model_config)
     if sched.scheduler_cls is None:
         sched.scheduler_cls = SCHEDULER_CLS
     elif sched.scheduler_cls != SCHEDULER_CLS:
@@ -145,6 +147,21 @@ def _install_validator(model_config: Any) -> None:
         p for p in model_config.logits_processors or [] if not is_validator_name(p)
     ]
     model_config.logits_processors = [*processors, name]
+
+
+def _decode_upstreams_video_frames(model_config: Any) -> None:
+    """Have vLLM's video loader decode the frames upstream samples (the
+    processor's ``video_num_frames``, by the same ``np.linspace`` rule)
+    unless the server chose its own (``--media-io-kwargs``)."""
+    mm = getattr(model_config, "multimodal_config", None)
+    if mm is None:
+        return
+    video = dict((mm.media_io_kwargs or {}).get("video", {}))
+    if "num_frames" in video or "fps" in video:
+        return
+    settings = mm.mm_processor_kwargs or {}
+    video["num_frames"] = settings.get(VIDEO_FRAMES_KEY, DEFAULT_VIDEO_FRAMES)
+    mm.media_io_kwargs = {**(mm.media_io_kwargs or {}), "video": video}
 
 
 class MaskedDiffusionConfigHook:

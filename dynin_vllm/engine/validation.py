@@ -146,9 +146,9 @@ def settle_rendered_request(
     calls it once the prompt is tokenized and its media processed).
 
     Checks that need the prompt's length (``VLLMValidationError`` naming the
-    field), and the request's task: an image request gets the image task's
-    defaults (``DiffusionParams.for_task``) where neither it nor the server
-    set a value.
+    field), and the request's task: an image or video request gets its
+    task's defaults (``DiffusionParams.for_task``) where neither it nor the
+    server set a value.
     """
     extra = getattr(sampling_params, "extra_args", None) or {}
     wire = extra.get(RESOLVED_KEY)
@@ -165,10 +165,11 @@ def settle_rendered_request(
                 "least one token before it.",
                 tokens,
             )
-    if "image" in modalities:
+    task = next((m for m in ("image", "video") if m in modalities), None)
+    if task is not None:
         params = DiffusionParams.from_wire(wire)
         write_resolved(
-            sampling_params, params.for_task("image", sampling_params.max_tokens)
+            sampling_params, params.for_task(task, sampling_params.max_tokens)
         )
 
 

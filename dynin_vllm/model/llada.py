@@ -355,8 +355,8 @@ class LLaDAForMaskedDiffusion(
 
     @classmethod
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
-        # The processor puts the image first; the chat text gets no marker.
-        if modality == "image":
+        # The processor puts the media first; the chat text gets no marker.
+        if modality in ("image", "video"):
             return None
         raise ValueError(f"Dynin-Omni takes no {modality} input")
 
@@ -364,13 +364,20 @@ class LLaDAForMaskedDiffusion(
         return self
 
     def embed_multimodal(self, **kwargs: object) -> list[torch.Tensor]:
-        pixel_values = kwargs.get("pixel_values")
-        if pixel_values is None:
+        # vLLM calls this once per modality, with that modality's items.
+        images, videos = kwargs.get("pixel_values"), kwargs.get("video_pixel_values")
+        if images is None and videos is None:
             return []
         if self._image_encoder is None:
-            raise RuntimeError("image input reached a model without MAGVIT-v2")
-        return self._image_encoder.embed(
-            pixel_values, kwargs["image_code_offset"], self.embed_input_ids
+            raise RuntimeError("media input reached a model without MAGVIT-v2")
+        if images is not None and videos is not None:
+            raise RuntimeError("images and videos in one encoder call")
+        if images is not None:
+            return self._image_encoder.embed(
+                images, kwargs["image_code_offset"], self.embed_input_ids
+            )
+        return self._image_encoder.embed_videos(
+            videos, kwargs["video_code_offset"], self.embed_input_ids
         )
 
     @property

@@ -1,6 +1,7 @@
 """The media encoders the model runs inside the engine.
 
-Image understanding: MAGVIT-v2 turns each image's pixels into codes, which
+Image and video understanding: MAGVIT-v2 turns each image's (or video
+frame's) pixels into codes, which
 become vocabulary ids (``len(tokenizer) + code``, the offset travelling with
 the pixels from the processor) and then ordinary token embeddings; the
 embeddings replace the prompt's image placeholders (see
@@ -65,3 +66,15 @@ class ImageEncoder:
         offsets = torch.as_tensor(code_offsets, device=pixel_values.device)
         ids = self.codes(pixel_values) + offsets.reshape(-1, 1).long()
         return list(embed_tokens(ids))
+
+    def embed_videos(
+        self, videos: Any, code_offsets: Any, embed_tokens: Any
+    ) -> list[torch.Tensor]:
+        """One ``[F * N, hidden]`` tensor per video ``[F, 3, R, R]``: every
+        frame's codes, frame after frame, in one span."""
+        if isinstance(videos, (list, tuple)):
+            videos = torch.stack(list(videos))
+        num_videos = videos.shape[0]
+        codes = self.codes(videos.flatten(0, 1)).reshape(num_videos, -1)
+        offsets = torch.as_tensor(code_offsets, device=videos.device)
+        return list(embed_tokens(codes + offsets.reshape(-1, 1).long()))

@@ -1,9 +1,10 @@
-"""vLLM's multimodal processor for Dynin-Omni's image understanding.
+"""vLLM's multimodal processor for Dynin-Omni's image and video understanding.
 
-Upstream's image-understanding prompt (``dynin.md`` §4.2,
-``validation/mmu_generate.py``) puts the image before the text:
+Upstream's understanding prompts (``dynin.md`` §4.2-§4.3,
+``validation/mmu_generate.py``) put the media before the text:
 
     <|mmu|> <|soi|> codes x N <|eoi|> BOS tokenize(CHAT(question))
+    <|v2t|> <|soi|> frame 1 codes ... frame F codes <|eoi|> BOS tokenize(...)
 
 The processor builds exactly that from what vLLM hands it (the rendered chat
 prompt, or a completion prompt, as token ids; and the image):
@@ -15,6 +16,14 @@ prompt, or a completion prompt, as token ids; and the image):
 2. the prompt gets exactly one leading BOS (a chat template's BOS, or none);
 3. ``<|mmu|> <|soi|> PH x N <|eoi|>`` is inserted in front of it.
 
+A video is ``video_num_frames`` frames (default 5) sampled uniformly
+(``np.linspace(0, T - 1, F).astype(int)``, upstream's cv2 sampling) and each
+processed as an image at ``video_resolution`` (default 224: 196 codes per
+frame); their codes share one ``<|soi|> ... <|eoi|>`` span. vLLM's video
+loader already samples the frames it decodes (the config hook makes it
+decode ``video_num_frames`` frames by the same rule, see
+``dynin_vllm.engine.config_hook``); frames given directly are sampled here.
+
 The ``PH`` positions are placeholders: the engine replaces their embeddings
 with the embeddings of the image's MAGVIT-v2 code ids, which the model
 computes from the pixels inside the engine (``LLaDAForMaskedDiffusion.
@@ -23,7 +32,8 @@ with the pixels, taken from the tokenizer as upstream computes it.
 
 Chat: image parts add no text (``get_placeholder_str`` is ``None``); the
 image goes first whatever its place in the message. One image per prompt,
-as upstream trains. LLaDA and MMaDA checkpoints stay text-only.
+as upstream trains (an image and a video together are refused). LLaDA and
+MMaDA checkpoints stay text-only.
 """
 
 from __future__ import annotations
@@ -32,7 +42,9 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from transformers import BatchFeature
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import (
@@ -47,18 +59,28 @@ from vllm.multimodal.processing import (
 from dynin_vllm.configs import IMAGE_MODEL_TYPES
 from dynin_vllm.multimodal import loading
 from dynin_vllm.multimodal.magvit2 import DOWNSAMPLE_FACTOR
-from dynin_vllm.multimodal.media import MediaError, load_image, preprocess_image
+from dynin_vllm.multimodal.media import (
+    MediaError,
+    load_image,
+    preprocess_image,
+    sample_frame_indices,
+)
+from dynin_vllm.multimodal.settings import (
+    DEFAULT_RESOLUTION,
+    DEFAULT_VIDEO_FRAMES,
+    DEFAULT_VIDEO_RESOLUTION,
+    MAX_RESOLUTION,
+    MAX_VIDEO_FRAMES,
+    RESOLUTION_KEY,
+    VIDEO_FRAMES_KEY,
+    VIDEO_RESOLUTION_KEY,
+)
 
 BOS = 126080
-MMU, SOI, EOI = 126089, 126084, 126085
+MMU, SOI, EOI, V2T = 126089, 126084, 126085, 126100
 #: The image placeholder id: a reserved LLaDA slot no Dynin prompt uses (not
 #: the mask id, which infilling would treat as a hole).
 IMAGE_PLACEHOLDER_ID = 126110
-
-#: ``mm_processor_kwargs`` key of the image resolution, its default and range.
-RESOLUTION_KEY = "image_resolution"
-DEFAULT_RESOLUTION = 336
-MAX_RESOLUTION = 512
 
 
 def image_tokens(resolution: int) -> int:
@@ -67,16 +89,47 @@ def image_tokens(resolution: int) -> int:
     return side * side
 
 
-def check_resolution(value: Any) -> int:
-    """``image_resolution`` as an int, or ``ValueError`` naming it."""
+def check_resolution(value: Any, key: str = RESOLUTION_KEY) -> int:
+    """A resolution as an int, or ``ValueError`` naming ``key``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{RESOLUTION_KEY} must be an integer, got {value!r}")
+        raise ValueError(f"{key} must be an integer, got {value!r}")
     if not DOWNSAMPLE_FACTOR <= value <= MAX_RESOLUTION or value % DOWNSAMPLE_FACTOR:
         raise ValueError(
-            f"{RESOLUTION_KEY} must be a multiple of {DOWNSAMPLE_FACTOR} in "
+            f"{key} must be a multiple of {DOWNSAMPLE_FACTOR} in "
             f"[{DOWNSAMPLE_FACTOR}, {MAX_RESOLUTION}], got {value}"
         )
     return value
+
+
+def check_frames(value: Any) -> int:
+    """``video_num_frames`` as an int, or ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{VIDEO_FRAMES_KEY} must be an integer, got {value!r}")
+    if not 1 <= value <= MAX_VIDEO_FRAMES:
+        raise ValueError(
+            f"{VIDEO_FRAMES_KEY} must be in [1, {MAX_VIDEO_FRAMES}], got {value}"
+        )
+    return value
+
+
+def sample_video(frames: Any, num_frames: int) -> list[Any]:
+    """``num_frames`` frames of ``frames`` sampled as upstream samples a video."""
+    total = len(frames)
+    if total < num_frames:
+        raise ValueError(
+            f"video: has {total} frames, {VIDEO_FRAMES_KEY}={num_frames} required "
+            "(a video URL is decoded to as many frames as --media-io-kwargs "
+            '\'{"video": {"num_frames": N}}\' says)'
+        )
+    if total == num_frames:
+        return list(frames)
+    return [frames[int(i)] for i in sample_frame_indices(total, num_frames)]
+
+
+def _as_image(frame: Any) -> Image.Image:
+    if isinstance(frame, Image.Image):
+        return frame
+    return Image.fromarray(np.ascontiguousarray(np.asarray(frame, dtype=np.uint8)))
 
 
 @functools.cache
@@ -101,19 +154,38 @@ class DyninProcessingInfo(BaseProcessingInfo):
         return self.get_hf_config().model_type in IMAGE_MODEL_TYPES
 
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
-        return {"image": 1} if self.serves_images() else {}
+        return {"image": 1, "video": 1} if self.serves_images() else {}
 
     def get_mm_max_tokens_per_item(
         self, seq_len: int, mm_counts: Mapping[str, int]
     ) -> Mapping[str, int]:
         if not self.serves_images():
             return {}
-        return {"image": image_tokens(self.resolution({}))}
+        return {
+            "image": image_tokens(self.resolution({})),
+            "video": self.video_frames({}) * image_tokens(self.video_resolution({})),
+        }
+
+    def _setting(self, request_kwargs: Mapping[str, object], key: str, default: int):
+        merged = self.ctx.get_merged_mm_kwargs(request_kwargs)
+        return merged.get(key, default)
 
     def resolution(self, request_kwargs: Mapping[str, object]) -> int:
         """The image resolution of a request: its own, the server's, 336."""
-        merged = self.ctx.get_merged_mm_kwargs(request_kwargs)
-        return check_resolution(merged.get(RESOLUTION_KEY, DEFAULT_RESOLUTION))
+        value = self._setting(request_kwargs, RESOLUTION_KEY, DEFAULT_RESOLUTION)
+        return check_resolution(value)
+
+    def video_resolution(self, request_kwargs: Mapping[str, object]) -> int:
+        """The video frame resolution: the request's, the server's, 224."""
+        value = self._setting(
+            request_kwargs, VIDEO_RESOLUTION_KEY, DEFAULT_VIDEO_RESOLUTION
+        )
+        return check_resolution(value, VIDEO_RESOLUTION_KEY)
+
+    def video_frames(self, request_kwargs: Mapping[str, object]) -> int:
+        """Frames per video: the request's, the server's, 5."""
+        value = self._setting(request_kwargs, VIDEO_FRAMES_KEY, DEFAULT_VIDEO_FRAMES)
+        return check_frames(value)
 
     def get_hf_processor(self, **kwargs: object) -> Any:
         raise RuntimeError("Dynin-Omni has no Hugging Face processor")
@@ -132,13 +204,21 @@ class DyninDummyInputsBuilder(BaseDummyInputsBuilder[DyninProcessingInfo]):
         mm_options: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         size = self.info.resolution({})
+        frame = self.info.video_resolution({})
         return {
             "image": self._get_dummy_images(
                 width=size,
                 height=size,
                 num_images=mm_counts.get("image", 0),
                 overrides=(mm_options or {}).get("image"),
-            )
+            ),
+            "video": self._get_dummy_videos(
+                width=frame,
+                height=frame,
+                num_frames=self.info.video_frames({}),
+                num_videos=mm_counts.get("video", 0),
+                overrides=(mm_options or {}).get("video"),
+            ),
         }
 
 
@@ -148,23 +228,42 @@ class DyninMultiModalProcessor(BaseMultiModalProcessor[DyninProcessingInfo]):
     def _call_hf_processor(
         self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]
     ) -> BatchFeature:
+        images, videos = hf_data.get("images") or [], hf_data.get("videos") or []
+        if images and videos:
+            raise ValueError(
+                "one media item per prompt: send an image or a video, not both"
+            )
         reason = _image_codec_available(self.info.ctx.model_config.model)
         if reason is not None:
-            raise ValueError(f"image input is not available: {reason}")
-        resolution = self.info.resolution(hf_kwargs)
-        pixels = []
-        for index, image in enumerate(hf_data.get("images", [])):
-            try:
-                pixels.append(preprocess_image(load_image(image), resolution))
-            except MediaError as exc:
-                raise ValueError(f"image {index}: {exc}") from exc
+            kind = "image" if images else "video"
+            raise ValueError(f"{kind} input is not available: {reason}")
         offset = len(self.info.get_tokenizer())
-        return BatchFeature(
-            {
-                "pixel_values": torch.stack(pixels),
-                "image_code_offset": torch.full((len(pixels),), offset),
-            }
-        )
+        features: dict[str, torch.Tensor] = {}
+        if images:
+            resolution = self.info.resolution(hf_kwargs)
+            pixels = [
+                _preprocess(image, resolution, f"image {i}")
+                for i, image in enumerate(images)
+            ]
+            features["pixel_values"] = torch.stack(pixels)
+            features["image_code_offset"] = torch.full((len(pixels),), offset)
+        if videos:
+            resolution = self.info.video_resolution(hf_kwargs)
+            count = self.info.video_frames(hf_kwargs)
+            clips = []
+            for i, video in enumerate(videos):
+                frames = video[0] if isinstance(video, tuple) else video
+                clips.append(
+                    torch.stack(
+                        [
+                            _preprocess(frame, resolution, f"video {i}")
+                            for frame in sample_video(frames, count)
+                        ]
+                    )
+                )
+            features["video_pixel_values"] = torch.stack(clips)
+            features["video_code_offset"] = torch.full((len(clips),), offset)
+        return BatchFeature(features)
 
     def _get_mm_fields_config(
         self, hf_inputs: Any, hf_processor_mm_kwargs: Mapping[str, object]
@@ -172,6 +271,8 @@ class DyninMultiModalProcessor(BaseMultiModalProcessor[DyninProcessingInfo]):
         return {
             "pixel_values": MultiModalFieldConfig.batched("image"),
             "image_code_offset": MultiModalFieldConfig.batched("image"),
+            "video_pixel_values": MultiModalFieldConfig.batched("video"),
+            "video_code_offset": MultiModalFieldConfig.batched("video"),
         }
 
     def _postprocess_prompt(self, prompt: list[int]) -> list[int]:
@@ -186,14 +287,34 @@ class DyninMultiModalProcessor(BaseMultiModalProcessor[DyninProcessingInfo]):
         hf_processor_mm_kwargs: Mapping[str, object],
         out_mm_kwargs: Any,
     ) -> Sequence[PromptInsertion]:
-        count = image_tokens(self.info.resolution(hf_processor_mm_kwargs))
-        span = [MMU, SOI, *[IMAGE_PLACEHOLDER_ID] * count, EOI]
-        return [
-            PromptInsertion(
-                modality="image",
-                target=PromptIndexTargets.start(),
-                insertion=PromptUpdateDetails.select_token_id(
-                    span, embed_token_id=IMAGE_PLACEHOLDER_ID
-                ),
+        counts = mm_items.get_all_counts()
+        updates = []
+        if counts.get("image"):
+            codes = image_tokens(self.info.resolution(hf_processor_mm_kwargs))
+            updates.append(_media_span("image", MMU, codes))
+        if counts.get("video"):
+            kwargs = hf_processor_mm_kwargs
+            frame = image_tokens(self.info.video_resolution(kwargs))
+            updates.append(
+                _media_span("video", V2T, self.info.video_frames(kwargs) * frame)
             )
-        ]
+        return updates
+
+
+def _preprocess(image: Any, resolution: int, what: str) -> torch.Tensor:
+    try:
+        return preprocess_image(load_image(_as_image(image)), resolution)
+    except MediaError as exc:
+        raise ValueError(f"{what}: {exc}") from exc
+
+
+def _media_span(modality: str, task_token: int, codes: int) -> PromptInsertion:
+    """``task <|soi|> PH x codes <|eoi|>``, inserted at the prompt's start."""
+    span = [task_token, SOI, *[IMAGE_PLACEHOLDER_ID] * codes, EOI]
+    return PromptInsertion(
+        modality=modality,
+        target=PromptIndexTargets.start(),
+        insertion=PromptUpdateDetails.select_token_id(
+            span, embed_token_id=IMAGE_PLACEHOLDER_ID
+        ),
+    )

@@ -1,6 +1,8 @@
 """Reference prompts of the media-understanding tasks, from the media itself.
 
-The reference pipeline of image understanding: upstream's preprocessing
+The reference pipelines of image and video understanding: upstream's
+frame sampling (a video file decoded with cv2, ``np.linspace`` frames), its
+preprocessing
 (``image_transform``: shorter side to the resolution, centre crop, [-1, 1]),
 MAGVIT-v2 codes, vocabulary ids (``len(tokenizer) + code``), then upstream's
 layout (:func:`dynin_vllm.reference.prompts.mmu_prompt`), built here and not
@@ -13,7 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 from dynin_vllm.multimodal.magvit2 import MagvitV2
-from dynin_vllm.multimodal.media import load_image, preprocess_image
+from dynin_vllm.multimodal.media import (
+    load_image,
+    load_video_frames,
+    preprocess_image,
+    sample_frame_indices,
+)
 from dynin_vllm.reference.prompts import mmu_prompt
 
 
@@ -35,3 +42,29 @@ def image_understanding_prompt(
     offset = len(tokenizer)
     ids = [offset + code for code in image_codes(magvit, image, resolution)]
     return mmu_prompt(tokenizer, ids, question)
+
+
+def video_understanding_prompt(
+    tokenizer: Any,
+    magvit: MagvitV2,
+    video: Any,
+    question: str,
+    *,
+    num_frames: int = 5,
+    resolution: int = 224,
+) -> list[int]:
+    """``<|v2t|> <|soi|> frame codes... <|eoi|> BOS tokenize(CHAT(question))``.
+
+    ``video``: a file path (decoded with cv2, as upstream) or its frames.
+    """
+    if isinstance(video, (str, bytes)) or hasattr(video, "__fspath__"):
+        frames = load_video_frames(video, num_frames)
+    else:
+        frames = [video[int(i)] for i in sample_frame_indices(len(video), num_frames)]
+    offset = len(tokenizer)
+    ids = [
+        offset + code
+        for frame in frames
+        for code in image_codes(magvit, frame, resolution)
+    ]
+    return mmu_prompt(tokenizer, ids, question, video=True)
