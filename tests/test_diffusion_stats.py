@@ -205,7 +205,7 @@ def test_corrupted_encodings_decode_to_none():
 def test_builder_rejects_unknown_labels_and_negative_counts():
     builder = DiffusionStatsBuilder()
     with pytest.raises(ValueError, match="task"):
-        builder.observe_step("video", "prefix", 1, 4)
+        builder.observe_step("speech", "prefix", 1, 4)
     with pytest.raises(ValueError, match="mode"):
         builder.observe_step("text", "fast", 1, 4)
     with pytest.raises(ValueError, match="committed"):

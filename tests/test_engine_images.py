@@ -394,3 +394,74 @@ def test_an_image_and_a_video_together_are_refused(dynin_llm):
             _sampling_params({}),
             use_tqdm=False,
         )
+
+
+def test_staggered_media_arrivals_match_the_reference(
+    dynin_llm, expected, tokenizer, magvit, reference_model
+):
+    """Images, a video and text joining while others denoise."""
+    from dynin_vllm.reference.media_prompts import video_understanding_prompt
+    from dynin_vllm.reference.prompts import chat_turn
+
+    engine = dynin_llm.llm_engine
+    video = _video(8)
+    arrivals = []
+    for name in ("rgb-exact", "rgb-prefix", "gray-exact"):
+        image, question, config, resolution = CASES[name]
+        arrivals.append(
+            (
+                name,
+                {
+                    "prompt": chat_turn(question),
+                    "multi_modal_data": {"image": image},
+                    "mm_processor_kwargs": _mm_kwargs(resolution),
+                },
+                config,
+                expected[name][1],
+            )
+        )
+    video_prompt = video_understanding_prompt(
+        tokenizer, magvit, video, "Go on.", resolution=FRAME
+    )
+    arrivals.insert(
+        1,
+        (
+            "video",
+            {
+                "prompt": chat_turn("Go on."),
+                "multi_modal_data": {"video": video},
+                "mm_processor_kwargs": {"video_resolution": FRAME},
+            },
+            {"mode": "exact"},
+            reference_generate(
+                reference_model,
+                video_prompt,
+                gen_length=ANSWER,
+                **_config({"mode": "exact"}),
+            ).answer,
+        ),
+    )
+    text_prompt = [BOS, *range(400, 410)]
+    arrivals.append(
+        (
+            "text",
+            {"prompt_token_ids": text_prompt},
+            {"mode": "prefix"},
+            reference_generate(
+                reference_model,
+                text_prompt,
+                gen_length=ANSWER,
+                **_config({"mode": "prefix"}),
+            ).answer,
+        )
+    )
+    pending, outputs, steps = list(arrivals), {}, 0
+    while pending or engine.has_unfinished_requests():
+        if pending and steps % 2 == 0:
+            name, request, config, _ = pending.pop(0)
+            engine.add_request(f"staggered-{name}", request, _sampling_params(config))
+        for out in engine.step():
+            if out.finished:
+                outputs[out.request_id] = list(out.outputs[0].token_ids)
+        steps += 1
+    assert outputs == {f"staggered-{name}": want for name, _, _, want in arrivals}

@@ -171,10 +171,23 @@ def test_abort_mid_denoise_frees_the_kv_cache(dynin_llm):
                     extra_args={"block_length": 64, "steps": 128, **extra},
                 ),
             )
+        engine.add_request(
+            "pictured",
+            {
+                "prompt": chat_turn(QUESTION),
+                "multi_modal_data": {"image": IMAGE},
+                "mm_processor_kwargs": {"image_resolution": 64},
+            },
+            SamplingParams(
+                max_tokens=64,
+                temperature=0,
+                extra_args={"mode": "exact", "block_length": 64, "steps": 64},
+            ),
+        )
         for _ in range(4):
             assert not any(out.finished for out in engine.step())
         assert stats.kv_cache_usage[-1] > 0
-        engine.abort_request(["long", "guided"])
+        engine.abort_request(["long", "guided", "pictured"])
         # A short request afterwards: its last step reports the usage left over.
         done = dynin_llm.generate(
             [{"prompt_token_ids": [126080, 1, 2]}],
