@@ -15,13 +15,12 @@ core buys there, not how DP scales on a server.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.reporting import emit, machine
 from benchmarks.serve_bench import DIFFUSION, bench
 from dynin_vllm.serving.launch import served
 from dynin_vllm.testing.engine_args import ENGINE_ARGS, cli_args
@@ -54,7 +53,7 @@ def main() -> None:
     two = run(args.dynin, 2)
     report = {
         "tool": "vllm bench serve (random, 32 x 64 -> 64, ignore_eos)",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "dynin_settings": DIFFUSION,
         "data_parallel_1": one,
         "data_parallel_2": two,
@@ -64,10 +63,7 @@ def main() -> None:
             else None
         ),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

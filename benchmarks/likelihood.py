@@ -21,14 +21,14 @@ count: the Monte Carlo error, expected to shrink about as ``1/sqrt(mc_num)``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.reporting import emit, machine
 
 PAIRS, CONTEXT, CONTINUATION = 32, 64, 16
 SAMPLE_COUNTS = (8, 32)
@@ -145,14 +145,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "checkpoint": "tiny dynin preset (dynin_vllm.testing.make_checkpoint)",
         **measure(args.dynin),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

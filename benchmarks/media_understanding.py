@@ -16,9 +16,7 @@ In one run, on this machine:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from benchmarks.reporting import emit, machine
 
 RESOLUTION = 336
 REPEATS = 5
@@ -121,15 +121,12 @@ def main() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     torch.set_num_threads(os.cpu_count() or 1)
     report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "resolution": RESOLUTION,
         "magvit2_encoder": encoders(args.dynin),
         "time_to_first_block": first_block(args.dynin),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

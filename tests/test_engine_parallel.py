@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import pytest
 
-from dynin_vllm.reference.likelihood import log_likelihood
 from dynin_vllm.reference.sampler import generate as reference_generate
 from tests.engine_utils import StatsRecorder, make_llm, shutdown, temporary_env
 from tests.test_engine_generation import _cases, _reference, _sampling_params
 from tests.test_engine_infill import _cases as _infill_cases
 from tests.test_engine_infill import _reference as _infill_reference
 from tests.test_engine_infill import _sampling_params as _infill_params
-from tests.test_engine_robustness import LIKELIHOOD, SEED, _likelihood_params
+from tests.test_engine_robustness import (
+    LIKELIHOOD,
+    SEED,
+    _likelihood_params,
+    likelihood_mismatches,
+)
 from tests.test_engine_robustness import _params as _growing_params
 from tests.test_engine_robustness import _requests as _growing_requests
 
@@ -90,18 +94,7 @@ def test_two_ranks_match_the_reference_batched_under_preemption(
         got = (list(out.outputs[0].token_ids), list(out.prompt_token_ids))
         if got != (want.answer, want.prompt):
             mismatches.append(case_id)
-    for (prompt, n), out in zip(LIKELIHOOD, scored, strict=True):
-        want = log_likelihood(
-            reference_model,
-            prompt[:-n],
-            prompt[-n:],
-            mc_num=16,
-            batch_size=8,
-            seed=SEED,
-        )
-        got = sum(next(iter(d.values())).logprob for d in out.prompt_logprobs[-n:])
-        if got != pytest.approx(want, rel=1e-6):
-            mismatches.append(f"likelihood-{n}")
+    mismatches += likelihood_mismatches(reference_model, scored)
     assert not mismatches
 
 

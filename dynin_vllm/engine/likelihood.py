@@ -34,6 +34,7 @@ class LikelihoodPlan:
     """This step's rows, in the order their logits follow the denoiser's."""
 
     logits_rows: torch.Tensor  # flat hidden-state rows
+    targets: torch.Tensor  # the true token of each row
     states: list[LikelihoodState]  # one per forwarded request
     counts: list[int]  # logits rows per state
 
@@ -73,27 +74,27 @@ class LikelihoodRequests:
     def plan(self, forwarded: list[tuple[str, int]]) -> LikelihoodPlan:
         """Rows for the requests whose whole prompt is forwarded this step:
         ``forwarded`` holds ``(req_id, flat row of prompt position 0)``."""
-        rows, states, counts = [], [], []
+        rows, targets, states, counts = [], [], [], []
         for req_id, first in forwarded:
             state = self.states[req_id]
             if state.finished:
                 continue
             masked = state.masked_positions()
             rows.append(first + masked)
+            targets.append(state.prompt[masked])
             states.append(state)
             counts.append(masked.numel())
-        flat = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64)
-        return LikelihoodPlan(flat, states, counts)
+        if not rows:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return LikelihoodPlan(empty, empty, [], [])
+        return LikelihoodPlan(torch.cat(rows), torch.cat(targets), states, counts)
 
     def step(self, plan: LikelihoodPlan, logits: torch.Tensor) -> dict[str, list[int]]:
         """Account one row per planned request; returns the end-of-sequence
         token for each request whose estimate is complete."""
         if not plan.states:
             return {}
-        targets = torch.cat([s.prompt[s.masked_positions()] for s in plan.states]).to(
-            logits.device
-        )
-        cross_entropy = _cross_entropy(logits, targets).cpu()
+        cross_entropy = _cross_entropy(logits, plan.targets.to(logits.device)).cpu()
         emitted = {}
         for state, ce in zip(
             plan.states, cross_entropy.split(plan.counts), strict=True

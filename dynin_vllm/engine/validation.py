@@ -145,11 +145,17 @@ def settle_rendered_request(
     """The part of the parse that needs the rendered request (the front end
     calls it once the prompt is tokenized and its media processed).
 
-    Checks that need the prompt's length (``VLLMValidationError`` naming the
-    field), and the request's task: an image or video request gets its
+    Checks that need the prompt's length or its media (``VLLMValidationError``
+    naming the field), and the request's task: an image or video request gets its
     task's defaults (``DiffusionParams.for_task``) where neither it nor the
     server set a value.
     """
+    if len(modalities) > 1:
+        _reject(
+            "multi_modal_data",
+            "one media item per prompt, as Dynin-Omni is trained: send an image "
+            f"or a video, not {' and '.join(modalities)}",
+        )
     extra = getattr(sampling_params, "extra_args", None) or {}
     wire = extra.get(RESOLVED_KEY)
     if not isinstance(wire, Mapping):

@@ -32,8 +32,9 @@ with the pixels, taken from the tokenizer as upstream computes it.
 
 Chat: image parts add no text (``get_placeholder_str`` is ``None``); the
 image goes first whatever its place in the message. One image per prompt,
-as upstream trains (an image and a video together are refused). LLaDA and
-MMaDA checkpoints stay text-only.
+as upstream trains (an image and a video together are refused once the
+request is rendered, ``dynin_vllm.engine.validation``). LLaDA and MMaDA
+checkpoints stay text-only.
 """
 
 from __future__ import annotations
@@ -228,11 +229,8 @@ class DyninMultiModalProcessor(BaseMultiModalProcessor[DyninProcessingInfo]):
     def _call_hf_processor(
         self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]
     ) -> BatchFeature:
+        # (One item per prompt is a request rule: engine.validation checks it.)
         images, videos = hf_data.get("images") or [], hf_data.get("videos") or []
-        if images and videos:
-            raise ValueError(
-                "one media item per prompt: send an image or a video, not both"
-            )
         reason = _image_codec_available(self.info.ctx.model_config.model)
         if reason is not None:
             kind = "image" if images else "video"
