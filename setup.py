@@ -19,6 +19,8 @@ CORE = [
     "pillow",
     "soundfile",
     "soxr",
+    # PyAV: vLLM resamples audio with it, and decodes m4a/webm through it.
+    "av",
     "opencv-python-headless",
     "tqdm",
 ]

@@ -13,9 +13,13 @@ __version__ = "0.1.0"
 #: The ``architectures`` strings of the checkpoints this plugin serves.
 ARCHITECTURES: tuple[str, ...] = ("DyninOmniModelLM", "LLaDAModelLM", "MMadaModelLM")
 
-#: Lazily imported model class (``module:Class``), inspected by vLLM in a
-#: subprocess without being imported here.
-MODEL_CLASS = "dynin_vllm.model.llada:LLaDAForMaskedDiffusion"
+#: Lazily imported model classes (``module:Class``) by architecture,
+#: inspected by vLLM in a subprocess without being imported here.
+MODEL_CLASSES: dict[str, str] = {
+    "DyninOmniModelLM": "dynin_vllm.model.dynin_omni:DyninOmniForMaskedDiffusion",
+    "LLaDAModelLM": "dynin_vllm.model.llada:LLaDAForMaskedDiffusion",
+    "MMadaModelLM": "dynin_vllm.model.llada:LLaDAForMaskedDiffusion",
+}
 
 _registered = False
 
@@ -42,7 +46,7 @@ def register() -> None:
 
     register_configs()
     for arch in ARCHITECTURES:
-        ModelRegistry.register_model(arch, MODEL_CLASS)
+        ModelRegistry.register_model(arch, MODEL_CLASSES[arch])
     register_config_hooks(ARCHITECTURES)
     # ``vllm serve`` loads our stat logger from its entry point; the offline
     # ``LLMEngine`` loads no stat-logger plugins, so it gets it here.

@@ -509,10 +509,13 @@ def wrap_request_outputs(
     RequestState._new_request_output = _new_request_output
 
 
-def check_rendered_requests(check: Callable[[Any, Any, list[str]], None]) -> None:
-    """Front end: call ``check(prompt_token_ids, sampling_params, modalities)``
-    on every request once its prompt is rendered and its parameters validated
-    (``modalities``: one entry per media item); it may update the request's
+def check_rendered_requests(
+    check: Callable[[Any, Any, list[str], int], None],
+) -> None:
+    """Front end: call ``check(prompt_token_ids, sampling_params, modalities,
+    max_model_len)`` on every request once its prompt is rendered and its
+    parameters validated (``modalities``: one entry per media item); it may
+    update the request's
     ``sampling_params``, and an exception it raises (``VLLMValidationError``:
     HTTP 400) rejects the request before it reaches the engine. Idempotent.
 
@@ -529,7 +532,12 @@ def check_rendered_requests(check: Callable[[Any, Any, list[str]], None]) -> Non
     def process_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
         request = original(self, *args, **kwargs)
         modalities = [f.modality for f in request.mm_features or ()]
-        check(request.prompt_token_ids, request.sampling_params, modalities)
+        check(
+            request.prompt_token_ids,
+            request.sampling_params,
+            modalities,
+            self.model_config.max_model_len,
+        )
         return request
 
     process_inputs.__dynin_wrapped__ = True  # type: ignore[attr-defined]

@@ -96,7 +96,7 @@ def test_an_image_is_encoded_once_per_request(
 
     from dynin_vllm.model.media_encoders import ImageEncoder
     from dynin_vllm.multimodal.image_tokenizer import load_magvit2
-    from dynin_vllm.multimodal.processor import IMAGE_PLACEHOLDER_ID
+    from dynin_vllm.multimodal.processor import MEDIA_PLACEHOLDER_ID
     from dynin_vllm.reference.media_prompts import image_understanding_prompt
 
     calls, codes = [], []
@@ -144,7 +144,7 @@ def test_an_image_is_encoded_once_per_request(
     for i, (image, out) in enumerate(zip(images, outputs, strict=True)):
         engine_ids = iter(len(tokenizer) + c for c in codes[i])
         forwarded = [
-            next(engine_ids) if t == IMAGE_PLACEHOLDER_ID else t
+            next(engine_ids) if t == MEDIA_PLACEHOLDER_ID else t
             for t in out.prompt_token_ids
         ]
         want = image_understanding_prompt(

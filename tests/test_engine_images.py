@@ -397,11 +397,16 @@ def test_an_image_and_a_video_together_are_refused(dynin_llm):
 
 
 def test_staggered_media_arrivals_match_the_reference(
-    dynin_llm, expected, tokenizer, magvit, reference_model
+    dynin_llm, expected, tokenizer, magvit, reference_model, dynin_checkpoint
 ):
-    """Images, a video and text joining while others denoise."""
-    from dynin_vllm.reference.media_prompts import video_understanding_prompt
+    """Images, a video, audio and text joining while others denoise."""
+    from dynin_vllm.multimodal.emova import load_emova
+    from dynin_vllm.reference.media_prompts import (
+        speech_recognition_prompt,
+        video_understanding_prompt,
+    )
     from dynin_vllm.reference.prompts import chat_turn
+    from dynin_vllm.testing.media_samples import speech_like
 
     engine = dynin_llm.llm_engine
     video = _video(8)
@@ -438,6 +443,31 @@ def test_staggered_media_arrivals_match_the_reference(
                 video_prompt,
                 gen_length=ANSWER,
                 **_config({"mode": "exact"}),
+            ).answer,
+        ),
+    )
+    clip = speech_like(2)
+    speech_prompt = speech_recognition_prompt(
+        tokenizer,
+        load_emova(dynin_checkpoint / "emova_speech_tokenizer"),
+        clip,
+        "Transcribe the given audio.",
+        sample_rate=16000,
+    )
+    arrivals.insert(
+        3,
+        (
+            "audio",
+            {
+                "prompt": chat_turn("Transcribe the given audio."),
+                "multi_modal_data": {"audio": (clip, 16000)},
+            },
+            {"mode": "prefix"},
+            reference_generate(
+                reference_model,
+                speech_prompt,
+                gen_length=ANSWER,
+                **_config({"mode": "prefix"}),
             ).answer,
         ),
     )

@@ -7,9 +7,13 @@ import pytest
 from PIL import Image
 
 from dynin_vllm.reference.likelihood import log_likelihood
-from dynin_vllm.reference.media_prompts import image_understanding_prompt
+from dynin_vllm.reference.media_prompts import (
+    image_understanding_prompt,
+    speech_recognition_prompt,
+)
 from dynin_vllm.reference.prompts import chat_turn
 from dynin_vllm.reference.sampler import generate as reference_generate
+from dynin_vllm.testing.media_samples import speech_like
 from tests.engine_utils import StatsRecorder, make_llm, shutdown
 
 pytestmark = pytest.mark.engine
@@ -32,6 +36,8 @@ def _requests():
 
 
 QUESTION = "What is shown?"
+#: 0.6 s of audio: about 15 speech units, so its prompt fits the tiny context.
+CLIP = speech_like(3, seconds=0.6)
 IMAGE = Image.fromarray(
     np.random.default_rng(3).integers(0, 255, (48, 80, 3), dtype=np.uint8)
 )
@@ -111,20 +117,25 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
             use_tqdm=False,
         )
         outputs, scored = outputs[: len(cases)], outputs[len(cases) :]
-        # An image request through the same tiny cache.
-        (pictured,) = llm.generate(
+        # An image and an audio request through the same tiny cache.
+        media_config = {"mode": "prefix", "block_length": 8, "steps": 48}
+        pictured, heard = llm.generate(
             [
                 {
                     "prompt": chat_turn(QUESTION),
                     "multi_modal_data": {"image": IMAGE},
                     "mm_processor_kwargs": {"image_resolution": 64},
                 },
+                {
+                    "prompt": chat_turn(QUESTION),
+                    "multi_modal_data": {"audio": (CLIP, 16000)},
+                },
                 *[{"prompt_token_ids": prompt} for _, prompt, _ in cases[:3]],
             ],
-            [_params({"mode": "prefix", "block_length": 8, "steps": 48})]
+            [_params(media_config), _params(media_config)]
             + [_params(config) for _, _, config in cases[:3]],
             use_tqdm=False,
-        )[:1]
+        )[:2]
         assert stats.preemptions > 0
         # A CFG pair that can never fit the cache fails instead of spinning.
         too_big = llm.generate(
@@ -159,6 +170,19 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
         reference_model, prompt, gen_length=48, mode="prefix", block_length=8, steps=48
     )
     assert list(pictured.outputs[0].token_ids) == want.answer
+    from dynin_vllm.multimodal.emova import load_emova
+
+    prompt = speech_recognition_prompt(
+        AutoTokenizer.from_pretrained(str(dynin_checkpoint)),
+        load_emova(dynin_checkpoint / "emova_speech_tokenizer"),
+        CLIP,
+        QUESTION,
+        sample_rate=16000,
+    )
+    want = reference_generate(
+        reference_model, prompt, gen_length=48, mode="prefix", block_length=8, steps=48
+    )
+    assert list(heard.outputs[0].token_ids) == want.answer
     assert too_big.outputs[0].finish_reason == "error"
     assert list(healthy.outputs[0].token_ids) == list(outputs[0].outputs[0].token_ids)
 
@@ -192,10 +216,22 @@ def test_abort_mid_denoise_frees_the_kv_cache(dynin_llm):
                 extra_args={"mode": "exact", "block_length": 64, "steps": 64},
             ),
         )
+        engine.add_request(
+            "heard",
+            {
+                "prompt": chat_turn(QUESTION),
+                "multi_modal_data": {"audio": (CLIP, 16000)},
+            },
+            SamplingParams(
+                max_tokens=64,
+                temperature=0,
+                extra_args={"mode": "exact", "block_length": 64, "steps": 64},
+            ),
+        )
         for _ in range(4):
             assert not any(out.finished for out in engine.step())
         assert stats.kv_cache_usage[-1] > 0
-        engine.abort_request(["long", "guided", "pictured"])
+        engine.abort_request(["long", "guided", "pictured", "heard"])
         # A short request afterwards: its last step reports the usage left over.
         done = dynin_llm.generate(
             [{"prompt_token_ids": [126080, 1, 2]}],

@@ -85,7 +85,9 @@ def test_registration_works_in_a_fresh_interpreter():
         "cls = ModelRegistry._try_load_model_cls('DyninOmniModelLM'); "
         "print(cls.__module__, cls.__name__)"
     )
-    assert out.splitlines()[-1] == "dynin_vllm.model.llada LLaDAForMaskedDiffusion"
+    assert out.splitlines()[-1] == (
+        "dynin_vllm.model.dynin_omni DyninOmniForMaskedDiffusion"
+    )
 
 
 # --------------------------------------------------------------------------

@@ -79,16 +79,22 @@ PARAM_NAMES = (
 #: them gets that rule, whatever default the checkpoint sets for the other.
 DECODING_RULES = ("threshold", "factor")
 
-#: Tasks a request can belong to (the label of its metrics).
-TASKS = ("text", "image", "video")
+#: Tasks a request can belong to (the label of its metrics); a media
+#: request's task is its modality (speech recognition is ``audio``).
+TASKS = ("text", "image", "video", "audio")
+MEDIA_TASKS = TASKS[1:]
 
 #: Upstream's denoising defaults per task (``dynin.md`` §5.2), as functions of
 #: the answer length; a value the request or the server sets wins. Image
 #: and video understanding (``configs/dynin_omni_demo.yaml``): one block over
-#: the whole answer, two tokens per step for images, one for videos.
+#: the whole answer, two tokens per step for images, one for videos. Speech
+#: recognition (``validation/speech.py``): blocks of 2 with 4 steps each,
+#: which commit [1, 1, 0, 0] tokens; the steps that commit nothing change
+#: nothing (at any temperature), so one token per step is the same schedule.
 TASK_DEFAULTS: dict[str, Any] = {
     "image": lambda answer: {"block_length": answer, "steps": max(1, answer // 2)},
     "video": lambda answer: {"block_length": answer, "steps": answer},
+    "audio": lambda answer: {"block_length": 2, "steps": answer},
 }
 
 #: Keys reserved for the engine's own bookkeeping (never set by clients).

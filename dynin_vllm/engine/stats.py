@@ -64,7 +64,7 @@ __all__ = [
 logger = init_logger("vllm." + __name__)
 
 #: Generation tasks, by encoded index. Append only: the index is the encoding.
-TASKS: tuple[str, ...] = ("text", "image", "video")
+TASKS: tuple[str, ...] = ("text", "image", "video", "audio")
 
 #: First entry of an encoded ``num_accepted_tokens_per_pos`` ("DYNS"): a stock
 #: per-position count would need that many drafts in one step.

@@ -35,6 +35,7 @@ from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import LogitsProcessor
 
 from dynin_vllm.diffusion.params import (
+    MEDIA_TASKS,
     PARAM_NAMES,
     RESOLVED_KEY,
     DiffusionParamError,
@@ -43,6 +44,7 @@ from dynin_vllm.diffusion.params import (
     parse_params,
     unknown_params,
 )
+from dynin_vllm.multimodal.settings import ASR_ANSWER_LENGTH
 
 #: Attribute-name prefix of the per-engine validator classes.
 VALIDATOR_PREFIX = "DiffusionParamsValidator_"
@@ -140,21 +142,26 @@ def _check_likelihood_request(sampling_params: Any) -> None:
 
 
 def settle_rendered_request(
-    prompt_token_ids: Any, sampling_params: Any, modalities: Sequence[str] = ()
+    prompt_token_ids: Any,
+    sampling_params: Any,
+    modalities: Sequence[str] = (),
+    max_model_len: int | None = None,
 ) -> None:
     """The part of the parse that needs the rendered request (the front end
     calls it once the prompt is tokenized and its media processed).
 
     Checks that need the prompt's length or its media (``VLLMValidationError``
-    naming the field), and the request's task: an image or video request gets its
+    naming the field), and the request's task: a media request gets its
     task's defaults (``DiffusionParams.for_task``) where neither it nor the
-    server set a value.
+    server set a value. A speech-recognition request that leaves its length
+    to the context (``max_tokens`` unset, or the whole room, which is what
+    vLLM's transcription endpoint sends) gets upstream's 128 answer slots.
     """
     if len(modalities) > 1:
         _reject(
             "multi_modal_data",
-            "one media item per prompt, as Dynin-Omni is trained: send an image "
-            f"or a video, not {' and '.join(modalities)}",
+            "one media item per prompt, as Dynin-Omni is trained: send an "
+            f"image, a video or an audio clip, not {' and '.join(modalities)}",
         )
     extra = getattr(sampling_params, "extra_args", None) or {}
     wire = extra.get(RESOLVED_KEY)
@@ -171,7 +178,14 @@ def settle_rendered_request(
                 "least one token before it.",
                 tokens,
             )
-    task = next((m for m in ("image", "video") if m in modalities), None)
+    task = next((m for m in MEDIA_TASKS if m in modalities), None)
+    if task == "audio" and prompt_token_ids is not None:
+        room = None if max_model_len is None else max_model_len - len(prompt_token_ids)
+        if sampling_params.max_tokens is None or (
+            room is not None and sampling_params.max_tokens >= room
+        ):
+            length = ASR_ANSWER_LENGTH if room is None else min(ASR_ANSWER_LENGTH, room)
+            sampling_params.max_tokens = max(1, length)
     if task is not None:
         params = DiffusionParams.from_wire(wire)
         write_resolved(

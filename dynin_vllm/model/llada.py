@@ -315,8 +315,10 @@ class LLaDAForMaskedDiffusion(
     The forward pass is an ordinary paged-KV transformer forward with
     bidirectional attention; the masked-denoising loop lives in the engine
     (``dynin_vllm.engine``) and the diffusion core (``dynin_vllm.diffusion``).
-    Dynin-Omni checkpoints also take images (``embed_multimodal``); the others
-    are text-only (their processor accepts no media).
+    Dynin-Omni checkpoints also take images, videos and audio
+    (``embed_multimodal``; :class:`dynin_vllm.model.dynin_omni.
+    DyninOmniForMaskedDiffusion` adds speech recognition); the others are
+    text-only (their processor accepts no media).
     """
 
     #: Read by ``dynin_vllm.engine``: this model denoises masked canvases.
@@ -356,7 +358,7 @@ class LLaDAForMaskedDiffusion(
     @classmethod
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
         # The processor puts the media first; the chat text gets no marker.
-        if modality in ("image", "video"):
+        if modality in ("image", "video", "audio"):
             return None
         raise ValueError(f"Dynin-Omni takes no {modality} input")
 
@@ -365,6 +367,13 @@ class LLaDAForMaskedDiffusion(
 
     def embed_multimodal(self, **kwargs: object) -> list[torch.Tensor]:
         # vLLM calls this once per modality, with that modality's items.
+        speech = kwargs.get("audio_ids")
+        if speech is not None:
+            # The processor already turned the audio into vocabulary ids
+            # (dynin_vllm.multimodal.speech_units says why).
+            if isinstance(speech, torch.Tensor):
+                speech = list(speech)
+            return [self.embed_input_ids(ids.reshape(-1)) for ids in speech]
         images, videos = kwargs.get("pixel_values"), kwargs.get("video_pixel_values")
         if images is None and videos is None:
             return []
@@ -430,15 +439,13 @@ class LLaDAForMaskedDiffusion(
         return loaded
 
 
-# The checkpoints' ``architectures`` strings all name this class.
+# The LLaDA and MMaDA checkpoints' ``architectures`` strings name this class.
 LLaDAModelLM = LLaDAForMaskedDiffusion
 MMadaModelLM = LLaDAForMaskedDiffusion
-DyninOmniModelLM = LLaDAForMaskedDiffusion
 
 __all__ = [
     "PREFIX",
     "CheckpointLayoutError",
-    "DyninOmniModelLM",
     "LLaDAForMaskedDiffusion",
     "LLaDAModelLM",
     "MMadaModelLM",

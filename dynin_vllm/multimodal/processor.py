@@ -1,10 +1,13 @@
-"""vLLM's multimodal processor for Dynin-Omni's image and video understanding.
+"""vLLM's multimodal processor for Dynin-Omni's image, video and speech
+understanding.
 
-Upstream's understanding prompts (``dynin.md`` §4.2-§4.3,
-``validation/mmu_generate.py``) put the media before the text:
+Upstream's understanding prompts (``dynin.md`` §4.2-§4.4,
+``validation/mmu_generate.py``, ``validation/speech.py``) put the media before
+the text:
 
     <|mmu|> <|soi|> codes x N <|eoi|> BOS tokenize(CHAT(question))
     <|v2t|> <|soi|> frame 1 codes ... frame F codes <|eoi|> BOS tokenize(...)
+    <|s2t|> <|soa|> speech units <|eoa|> tokenize(CHAT(instruction))
 
 The processor builds exactly that from what vLLM hands it (the rendered chat
 prompt, or a completion prompt, as token ids; and the image):
@@ -30,7 +33,16 @@ computes from the pixels inside the engine (``LLaDAForMaskedDiffusion.
 embed_multimodal``). The text-vocabulary size (the code-id offset) travels
 with the pixels, taken from the tokenizer as upstream computes it.
 
-Chat: image parts add no text (``get_placeholder_str`` is ``None``); the
+Audio arrives as 16 kHz mono (vLLM's audio parser resamples it with PyAV,
+the resampler its transcription endpoint uses, so both routes give the same
+units). EMOVA S2U turns it into units here, in the processor, not in the
+engine: see ``dynin_vllm.multimodal.speech_units`` for why. Their vocabulary
+ids (``len(tokenizer) + 8192 + unit``) travel with the request, and the span
+``<|s2t|> <|soa|> PH x units <|eoa|>`` replaces the prompt's BOS (upstream
+puts none before the speech-recognition text, and the tokenizer adds none).
+At most 512 units (20.48 s) per prompt.
+
+Chat: media parts add no text (``get_placeholder_str`` is ``None``); the
 image goes first whatever its place in the message. One image per prompt,
 as upstream trains (an image and a video together are refused once the
 request is rendered, ``dynin_vllm.engine.validation``). LLaDA and MMaDA
@@ -48,17 +60,20 @@ import torch
 from PIL import Image
 from transformers import BatchFeature
 from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.parse import MultiModalDataParser
 from vllm.multimodal.processing import (
     BaseDummyInputsBuilder,
     BaseMultiModalProcessor,
     BaseProcessingInfo,
     PromptIndexTargets,
     PromptInsertion,
+    PromptReplacement,
     PromptUpdateDetails,
 )
 
 from dynin_vllm.configs import IMAGE_MODEL_TYPES
 from dynin_vllm.multimodal import loading
+from dynin_vllm.multimodal.ids import IMAGE_CODEBOOK_SIZE
 from dynin_vllm.multimodal.magvit2 import DOWNSAMPLE_FACTOR
 from dynin_vllm.multimodal.media import (
     MediaError,
@@ -67,21 +82,26 @@ from dynin_vllm.multimodal.media import (
     sample_frame_indices,
 )
 from dynin_vllm.multimodal.settings import (
+    AUDIO_SAMPLE_RATE,
     DEFAULT_RESOLUTION,
     DEFAULT_VIDEO_FRAMES,
     DEFAULT_VIDEO_RESOLUTION,
+    MAX_AUDIO_SAMPLES,
+    MAX_AUDIO_UNITS,
     MAX_RESOLUTION,
     MAX_VIDEO_FRAMES,
     RESOLUTION_KEY,
     VIDEO_FRAMES_KEY,
     VIDEO_RESOLUTION_KEY,
 )
+from dynin_vllm.multimodal.speech_units import speech_encoder_for
 
 BOS = 126080
 MMU, SOI, EOI, V2T = 126089, 126084, 126085, 126100
-#: The image placeholder id: a reserved LLaDA slot no Dynin prompt uses (not
+S2T, SOA, EOA = 126096, 126097, 126098
+#: The media placeholder id: a reserved LLaDA slot no Dynin prompt uses (not
 #: the mask id, which infilling would treat as a hole).
-IMAGE_PLACEHOLDER_ID = 126110
+MEDIA_PLACEHOLDER_ID = 126110
 
 
 def image_tokens(resolution: int) -> int:
@@ -155,7 +175,18 @@ class DyninProcessingInfo(BaseProcessingInfo):
         return self.get_hf_config().model_type in IMAGE_MODEL_TYPES
 
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
-        return {"image": 1, "video": 1} if self.serves_images() else {}
+        if not self.serves_images():
+            return {}
+        return {"image": 1, "video": 1, "audio": 1}
+
+    def get_data_parser(self) -> MultiModalDataParser:
+        # Audio at the S2U rate, resampled as the transcription endpoint does.
+        return MultiModalDataParser(
+            target_sr=AUDIO_SAMPLE_RATE,
+            audio_resample_method="pyav",
+            expected_hidden_size=self._get_expected_hidden_size(),
+            allow_missing_mm_embeddings=self.allow_missing_mm_embeddings,
+        )
 
     def get_mm_max_tokens_per_item(
         self, seq_len: int, mm_counts: Mapping[str, int]
@@ -165,6 +196,7 @@ class DyninProcessingInfo(BaseProcessingInfo):
         return {
             "image": image_tokens(self.resolution({})),
             "video": self.video_frames({}) * image_tokens(self.video_resolution({})),
+            "audio": MAX_AUDIO_UNITS,
         }
 
     def _setting(self, request_kwargs: Mapping[str, object], key: str, default: int):
@@ -220,6 +252,11 @@ class DyninDummyInputsBuilder(BaseDummyInputsBuilder[DyninProcessingInfo]):
                 num_videos=mm_counts.get("video", 0),
                 overrides=(mm_options or {}).get("video"),
             ),
+            "audio": self._get_dummy_audios(
+                length=MAX_AUDIO_SAMPLES,
+                num_audios=mm_counts.get("audio", 0),
+                overrides=(mm_options or {}).get("audio"),
+            ),
         }
 
 
@@ -231,12 +268,17 @@ class DyninMultiModalProcessor(BaseMultiModalProcessor[DyninProcessingInfo]):
     ) -> BatchFeature:
         # (One item per prompt is a request rule: engine.validation checks it.)
         images, videos = hf_data.get("images") or [], hf_data.get("videos") or []
+        features: dict[str, Any] = {}
+        audios = hf_data.get("audio") or []
+        if audios:
+            features.update(self._speech_features(audios))
+        if not images and not videos:
+            return BatchFeature(features)
         reason = _image_codec_available(self.info.ctx.model_config.model)
         if reason is not None:
             kind = "image" if images else "video"
             raise ValueError(f"{kind} input is not available: {reason}")
         offset = len(self.info.get_tokenizer())
-        features: dict[str, torch.Tensor] = {}
         if images:
             resolution = self.info.resolution(hf_kwargs)
             pixels = [
@@ -263,6 +305,22 @@ class DyninMultiModalProcessor(BaseMultiModalProcessor[DyninProcessingInfo]):
             features["video_code_offset"] = torch.full((len(clips),), offset)
         return BatchFeature(features)
 
+    def _speech_features(self, audios: Sequence[Any]) -> dict[str, Any]:
+        """Each audio's speech-unit vocabulary ids (EMOVA S2U, reduced)."""
+        encoder = speech_encoder_for(self.info.ctx.model_config.model)
+        if isinstance(encoder, str):
+            raise ValueError(f"audio input is not available: {encoder}")
+        offset = len(self.info.get_tokenizer()) + IMAGE_CODEBOOK_SIZE
+        ids = []
+        for i, audio in enumerate(audios):
+            waveform = audio[0] if isinstance(audio, tuple) else audio
+            try:
+                units = encoder.units(waveform, what=f"audio {i}")
+            except MediaError as exc:
+                raise ValueError(str(exc)) from exc
+            ids.append(torch.tensor(units, dtype=torch.long) + offset)
+        return {"audio_ids": ids}
+
     def _get_mm_fields_config(
         self, hf_inputs: Any, hf_processor_mm_kwargs: Mapping[str, object]
     ) -> Mapping[str, MultiModalFieldConfig]:
@@ -271,6 +329,7 @@ class DyninMultiModalProcessor(BaseMultiModalProcessor[DyninProcessingInfo]):
             "image_code_offset": MultiModalFieldConfig.batched("image"),
             "video_pixel_values": MultiModalFieldConfig.batched("video"),
             "video_code_offset": MultiModalFieldConfig.batched("video"),
+            "audio_ids": MultiModalFieldConfig.batched("audio"),
         }
 
     def _postprocess_prompt(self, prompt: list[int]) -> list[int]:
@@ -284,7 +343,7 @@ class DyninMultiModalProcessor(BaseMultiModalProcessor[DyninProcessingInfo]):
         mm_items: Any,
         hf_processor_mm_kwargs: Mapping[str, object],
         out_mm_kwargs: Any,
-    ) -> Sequence[PromptInsertion]:
+    ) -> Sequence[PromptInsertion | PromptReplacement]:
         counts = mm_items.get_all_counts()
         updates = []
         if counts.get("image"):
@@ -295,6 +354,23 @@ class DyninMultiModalProcessor(BaseMultiModalProcessor[DyninProcessingInfo]):
             frame = image_tokens(self.info.video_resolution(kwargs))
             updates.append(
                 _media_span("video", V2T, self.info.video_frames(kwargs) * frame)
+            )
+        if counts.get("audio"):
+            items = out_mm_kwargs["audio"]
+
+            def speech_span(index: int) -> PromptUpdateDetails:
+                units = int(items[index]["audio_ids"].data.numel())
+                span = [S2T, SOA, *[MEDIA_PLACEHOLDER_ID] * units, EOA]
+                return PromptUpdateDetails.select_token_id(
+                    span, embed_token_id=MEDIA_PLACEHOLDER_ID
+                )
+
+            # The span takes the place of the BOS that _postprocess_prompt
+            # leaves first: upstream's ASR prompt has no BOS.
+            updates.append(
+                PromptReplacement(
+                    modality="audio", target=[BOS], replacement=speech_span
+                )
             )
         return updates
 
@@ -308,11 +384,11 @@ def _preprocess(image: Any, resolution: int, what: str) -> torch.Tensor:
 
 def _media_span(modality: str, task_token: int, codes: int) -> PromptInsertion:
     """``task <|soi|> PH x codes <|eoi|>``, inserted at the prompt's start."""
-    span = [task_token, SOI, *[IMAGE_PLACEHOLDER_ID] * codes, EOI]
+    span = [task_token, SOI, *[MEDIA_PLACEHOLDER_ID] * codes, EOI]
     return PromptInsertion(
         modality=modality,
         target=PromptIndexTargets.start(),
         insertion=PromptUpdateDetails.select_token_id(
-            span, embed_token_id=IMAGE_PLACEHOLDER_ID
+            span, embed_token_id=MEDIA_PLACEHOLDER_ID
         ),
     )

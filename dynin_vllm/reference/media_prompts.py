@@ -1,12 +1,14 @@
 """Reference prompts of the media-understanding tasks, from the media itself.
 
-The reference pipelines of image and video understanding: upstream's
+The reference pipelines of image, video and speech understanding: upstream's
 frame sampling (a video file decoded with cv2, ``np.linspace`` frames), its
 preprocessing
 (``image_transform``: shorter side to the resolution, centre crop, [-1, 1]),
 MAGVIT-v2 codes, vocabulary ids (``len(tokenizer) + code``), then upstream's
 layout (:func:`dynin_vllm.reference.prompts.mmu_prompt`), built here and not
-through the engine's processor. The codec is the production one: it is
+through the engine's processor. Speech: EMOVA's reduced units, ids
+``len(tokenizer) + 8192 + unit``, :func:`~dynin_vllm.reference.prompts.
+asr_prompt`. The codec is the production one: it is
 checked against upstream's outputs on its own (``tests/multimodal``).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dynin_vllm.multimodal.emova import EmovaSpeechTokenizer
 from dynin_vllm.multimodal.magvit2 import MagvitV2
 from dynin_vllm.multimodal.media import (
     load_image,
@@ -21,7 +24,7 @@ from dynin_vllm.multimodal.media import (
     preprocess_image,
     sample_frame_indices,
 )
-from dynin_vllm.reference.prompts import mmu_prompt
+from dynin_vllm.reference.prompts import IMAGE_CODEBOOK, asr_prompt, mmu_prompt
 
 
 def image_codes(magvit: MagvitV2, image: Any, resolution: int = 336) -> list[int]:
@@ -68,3 +71,22 @@ def video_understanding_prompt(
         for code in image_codes(magvit, frame, resolution)
     ]
     return mmu_prompt(tokenizer, ids, question, video=True)
+
+
+def speech_recognition_prompt(
+    tokenizer: Any,
+    emova: EmovaSpeechTokenizer,
+    audio: Any,
+    instruction: str = "Transcribe the given audio.",
+    *,
+    sample_rate: int | None = None,
+) -> list[int]:
+    """``<|s2t|> <|soa|> unit ids <|eoa|> tokenize(CHAT(instruction))``.
+
+    ``audio``: a file (read and resampled by the codec's loader) or a
+    waveform with its ``sample_rate``. Units are EMOVA's reduced ones
+    (``encode``), as upstream's ``s2t_eval_collate_fn`` takes them.
+    """
+    units = emova.encode(audio, sample_rate).tolist()
+    offset = len(tokenizer) + IMAGE_CODEBOOK
+    return asr_prompt(tokenizer, [offset + u for u in units], instruction)

@@ -36,8 +36,11 @@ from dynin_vllm.configs import (
     LLaDAConfig,
 )
 from dynin_vllm.model.layout import checkpoint_shapes
-from dynin_vllm.multimodal.loading import MAGVIT_SUBDIR
-from dynin_vllm.testing.make_codec_checkpoint import make_magvit2_checkpoint
+from dynin_vllm.multimodal.loading import EMOVA_SUBDIR, MAGVIT_SUBDIR
+from dynin_vllm.testing.make_codec_checkpoint import (
+    make_emova_checkpoint,
+    make_magvit2_checkpoint,
+)
 from dynin_vllm.testing.tokenizer import save_tokenizer
 
 
@@ -194,8 +197,9 @@ def make_checkpoint(
     spec = PRESETS[preset]
     save_tokenizer(out, spec.tokenizer_length, spec.header_newlines)
     if spec.model_type in IMAGE_MODEL_TYPES:
-        # The image codec beside the model, where the engine looks for it.
+        # The codecs beside the model, where the engine looks for them.
         make_magvit2_checkpoint(out / MAGVIT_SUBDIR, seed=seed)
+        make_emova_checkpoint(out / EMOVA_SUBDIR, seed=seed)
     return out
 
 
