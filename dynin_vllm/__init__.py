@@ -61,4 +61,5 @@ def register() -> None:
     from dynin_vllm.engine.validation import settle_rendered_request
 
     vllm_private.check_rendered_requests(settle_rendered_request)
+    vllm_private.refuse_decompression_bombs_as_bad_input()
     _registered = True

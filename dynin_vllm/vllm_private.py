@@ -292,6 +292,10 @@ TOUCHED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
         {},
         ("request_id", "finish_reason", "kv_transfer_params"),
     ),
+    "vllm.multimodal.media.image:ImageMediaIO": (
+        {"load_bytes": ("self", "data"), "load_file": ("self", "filepath")},
+        (),
+    ),
     "vllm.v1.engine.input_processor:InputProcessor": (
         {
             "process_inputs": (
@@ -542,6 +546,32 @@ def check_rendered_requests(
 
     process_inputs.__dynin_wrapped__ = True  # type: ignore[attr-defined]
     InputProcessor.process_inputs = process_inputs
+
+
+def refuse_decompression_bombs_as_bad_input() -> None:
+    """Make an image past PIL's decompression-bomb limit a bad request (400).
+
+    vLLM's image loader turns decode errors into ``ValueError`` (HTTP 400), but
+    ``Image.open`` raises ``DecompressionBombError``, which is neither, so such
+    an upload gets a 500. There is no public hook on the loader. Idempotent.
+    """
+    from PIL import Image
+    from vllm.multimodal.media.image import ImageMediaIO
+
+    for name in ("load_bytes", "load_file"):
+        original = getattr(ImageMediaIO, name)
+        if getattr(original, "__dynin_wrapped__", False):
+            continue
+
+        def load(self: Any, source: Any, _original: Callable = original) -> Any:
+            try:
+                return _original(self, source)
+            except Image.DecompressionBombError as exc:
+                raise ValueError(f"Failed to load image: {exc}") from exc
+
+        functools.update_wrapper(load, original)
+        load.__dynin_wrapped__ = True  # type: ignore[attr-defined]
+        setattr(ImageMediaIO, name, load)
 
 
 def fail_request_next_step(scheduler: Any, req_id: str) -> None:

@@ -11,8 +11,10 @@ checkpoint's tokenizer.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
@@ -665,3 +667,303 @@ def test_chat_with_a_video_url_matches_the_reference(
     )
     assert response.usage.prompt_tokens == len(prompt)
     assert response.choices[0].message.content == want
+
+
+# --------------------------------------------------------------------------
+# Speech recognition: chat with audio, /v1/audio/transcriptions
+# --------------------------------------------------------------------------
+ASR = "Transcribe the given audio."
+
+
+def _openai(base):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+
+
+def _audio_part(data: bytes, fmt: str = "wav") -> dict:
+    import base64
+
+    encoded = base64.b64encode(data).decode()
+    return {"type": "input_audio", "input_audio": {"data": encoded, "format": fmt}}
+
+
+@pytest.fixture(scope="module")
+def emova(dynin_checkpoint):
+    from dynin_vllm.multimodal.emova import load_emova
+
+    return load_emova(dynin_checkpoint / "emova_speech_tokenizer")
+
+
+def _speech_reference(tokenizer, emova, reference_model, samples, **kwargs):
+    from dynin_vllm.reference.media_prompts import speech_recognition_prompt
+
+    prompt = speech_recognition_prompt(
+        tokenizer, emova, samples, ASR, sample_rate=16000
+    )
+    return prompt, _expected_text(tokenizer, reference_model, prompt, **kwargs)
+
+
+def test_chat_with_input_audio_matches_the_reference(
+    server, tokenizer, reference_model, emova
+):
+    from dynin_vllm.testing.media_samples import audio_bytes, speech_like
+
+    base, model = server
+    clip = speech_like(2)
+    prompt, want = _speech_reference(
+        tokenizer, emova, reference_model, clip, gen_length=8, block_length=4, steps=8
+    )
+    response = _image_chat(
+        base, model, [_audio_part(audio_bytes(clip)), {"type": "text", "text": ASR}]
+    )
+    assert response.choices[0].message.content == want
+    assert response.usage.prompt_tokens == len(prompt)
+
+
+#: (container, sample rate, channels) of the transcription uploads.
+UPLOADS = [
+    (fmt, rate, channels)
+    for fmt in ("WAV", "FLAC", "MP3")
+    for rate in (8000, 22050, 44100, 48000)
+    for channels in (1, 2)
+]
+
+
+def test_transcriptions_of_wav_flac_and_mp3_at_any_rate_and_layout(
+    server, tokenizer, reference_model, emova
+):
+    """Every upload is decoded and resampled to 16 kHz mono by vLLM (PyAV);
+    its transcript is the reference's for that waveform, under the
+    speech-recognition defaults (blocks of 2, one token per step)."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vllm.multimodal.audio import resample_audio_pyav
+    from vllm.multimodal.media.audio import load_audio
+
+    from dynin_vllm.testing.media_samples import audio_bytes, speech_like
+
+    base, model = server
+    client = _openai(base)
+    clip = speech_like(1)
+    files = []
+    for fmt, rate, channels in UPLOADS:
+        samples = resample_audio_pyav(clip, orig_sr=16000, target_sr=rate)
+        if channels == 2:
+            samples = np.stack([samples, 0.5 * samples], axis=1)
+        files.append(audio_bytes(samples, rate, fmt))
+
+    def transcribe(index: int):
+        fmt = UPLOADS[index][0].lower()
+        return client.audio.transcriptions.create(
+            model=model,
+            file=(f"clip.{fmt}", files[index]),
+            temperature=0,
+            response_format="json" if index % 2 else "text",
+            extra_body={"max_completion_tokens": 4},
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(transcribe, range(len(files))))
+    transcripts = set()
+    for upload, data, result in zip(UPLOADS, files, results, strict=True):
+        decoded, _ = load_audio(io.BytesIO(data), sr=16000)
+        _, want = _speech_reference(
+            tokenizer,
+            emova,
+            reference_model,
+            decoded.astype(np.float32),
+            gen_length=4,
+            block_length=2,
+            steps=4,
+            mode="prefix",
+        )
+        # vLLM 0.32 answers response_format=text with its JSON body.
+        text = json.loads(result)["text"] if isinstance(result, str) else result.text
+        assert text.strip() == want.strip(), upload
+        transcripts.add(want)
+    # The rates change the waveform, so the transcripts are not all alike.
+    assert len(transcripts) > 1
+
+
+def test_long_audio_is_transcribed_in_context_sized_pieces(
+    server, tokenizer, reference_model, emova
+):
+    """25 s of audio: vLLM splits it into pieces the 512-token context holds
+    (13 s here, 20 s at most), each transcribed on its own."""
+    import io
+
+    from vllm.multimodal.audio import split_audio
+    from vllm.multimodal.media.audio import load_audio
+
+    from dynin_vllm.model.dynin_omni import transcription_clip_seconds
+    from dynin_vllm.testing.media_samples import audio_bytes, speech_like
+
+    base, model = server
+    clip = np.concatenate([speech_like(seed, seconds=5.0) for seed in range(5)])
+    # 16 answer slots: long answers of the random tiny model reach near-ties
+    # that float rounding can flip (the 128-slot default is checked offline).
+    result = _openai(base).audio.transcriptions.create(
+        model=model,
+        file=("long.wav", audio_bytes(clip)),
+        temperature=0,
+        extra_body={"max_completion_tokens": 16},
+    )
+    assert transcription_clip_seconds(512) == 13
+    decoded, _ = load_audio(io.BytesIO(audio_bytes(clip)), sr=16000)
+    pieces = split_audio(
+        audio_data=decoded.astype(np.float32),
+        sample_rate=16000,
+        max_clip_duration_s=13,
+        overlap_duration_s=1,
+        min_energy_window_size=1600,
+    )
+    assert len(pieces) == 2
+    wants = [
+        _speech_reference(
+            tokenizer,
+            emova,
+            reference_model,
+            piece,
+            gen_length=16,
+            block_length=2,
+            steps=16,
+            mode="prefix",
+        )[1].strip()
+        for piece in pieces
+    ]
+    assert result.text == " ".join(wants)
+    assert result.usage.seconds == 25
+
+
+def _metric(base: str, name: str) -> float:
+    for line in requests.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_bad_media_gets_400_naming_the_part_while_good_requests_run(
+    server, tokenizer, reference_model, emova, tmp_path
+):
+    """Bad images, videos and audio over HTTP, sent while good image and
+    audio requests denoise: each bad one gets a 400 naming the part, the
+    good ones finish with the reference's answer, and the KV cache empties."""
+    import base64
+    import io
+    import struct
+    import threading
+    import zlib
+
+    import openai
+    from PIL import Image
+
+    from dynin_vllm.testing.media_samples import audio_bytes, speech_like
+
+    base, model = server
+    client = _openai(base)
+    clip = speech_like(8)
+    _, want = _speech_reference(
+        tokenizer,
+        emova,
+        reference_model,
+        clip,
+        gen_length=64,
+        block_length=4,
+        steps=64,
+        mode="exact",
+    )
+    good: dict[str, str] = {}
+
+    def run_good():
+        response = client.chat.completions.create(
+            model=model,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        _audio_part(audio_bytes(clip)),
+                        {"type": "text", "text": ASR},
+                    ],
+                }
+            ],
+            max_tokens=64,
+            temperature=0,
+            extra_body={
+                "vllm_xargs": {"mode": "exact", "block_length": 4, "steps": 64}
+            },
+        )
+        good["audio"] = response.choices[0].message.content
+
+    thread = threading.Thread(target=run_good)
+    thread.start()
+
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(png, format="PNG")
+
+    def png_chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data).to_bytes(4, "big")
+        return len(data).to_bytes(4, "big") + kind + data + crc
+
+    # A PNG header claiming 30000 x 30000 pixels (past PIL's bomb limit).
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b""))
+        + png_chunk(b"IEND", b"")
+    )
+
+    def image_url(data: bytes, mime: str = "image/png") -> dict:
+        url = f"data:{mime};base64," + base64.b64encode(data).decode()
+        return {"type": "image_url", "image_url": {"url": url}}
+
+    def video_url(data: bytes) -> dict:
+        url = "data:video/mp4;base64," + base64.b64encode(data).decode()
+        return {"type": "video_url", "video_url": {"url": url}}
+
+    cases = {
+        "corrupt image": ([image_url(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)], "image"),
+        "truncated image": ([image_url(png.getvalue()[:60])], "image"),
+        "decompression bomb": ([image_url(bomb)], "image"),
+        "bad data URL": (
+            [{"type": "image_url", "image_url": {"url": "data:image/png;base64"}}],
+            "data",
+        ),
+        "unopenable video": ([video_url(b"not a video at all")], "video"),
+        "corrupt audio": ([_audio_part(b"RIFF" + b"\0" * 40)], "audio"),
+        "empty audio": ([_audio_part(b"")], "audio"),
+        "short audio": (
+            [_audio_part(audio_bytes(np.full(100, 0.1, np.float32)))],
+            "too short",
+        ),
+        "long audio": ([_audio_part(audio_bytes(speech_like(0, 21.0)))], "20.48 s"),
+        "unsupported audio": ([_audio_part(png.getvalue(), "mp3")], "audio"),
+        "two audios": (
+            [_audio_part(audio_bytes(clip)), _audio_part(audio_bytes(clip))],
+            "At most 1 audio",
+        ),
+        "audio and image": (
+            # A short clip: both spans must fit the context to reach the check.
+            [_audio_part(audio_bytes(speech_like(0, 0.3))), image_url(png.getvalue())],
+            "one media item per prompt",
+        ),
+    }
+    for name, (parts, message) in cases.items():
+        try:
+            _image_chat(base, model, [*parts, {"type": "text", "text": "Hi"}])
+        except openai.BadRequestError as err:
+            assert message.lower() in str(err).lower(), (name, str(err))
+        else:
+            raise AssertionError(f"{name}: accepted")
+    for data in (b"", b"garbage" * 20, audio_bytes(np.zeros(100, np.float32))):
+        with pytest.raises(openai.BadRequestError):
+            client.audio.transcriptions.create(model=model, file=("x.wav", data))
+    thread.join(timeout=300)
+    assert good == {"audio": want}
+    for _ in range(50):
+        if _metric(base, "vllm:kv_cache_usage_perc") == 0:
+            break
+        time.sleep(0.2)
+    assert _metric(base, "vllm:kv_cache_usage_perc") == 0
