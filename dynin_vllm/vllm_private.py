@@ -203,6 +203,9 @@ MM_INFO_SIGNATURES: dict[str, tuple[str, ...]] = {
     "get_hf_processor": ("self", "kwargs"),
     "get_hf_config": ("self",),
     "get_tokenizer": ("self",),
+    "get_data_parser": ("self",),
+    "_get_expected_hidden_size": ("self",),
+    "allow_missing_mm_embeddings": ("self",),
 }
 MM_DUMMY_SIGNATURES: dict[str, tuple[str, ...]] = {
     "get_dummy_text": ("self", "mm_counts"),
@@ -216,6 +219,7 @@ MM_DUMMY_SIGNATURES: dict[str, tuple[str, ...]] = {
         "num_videos",
         "overrides",
     ),
+    "_get_dummy_audios": ("self", "length", "num_audios", "overrides"),
 }
 
 #: Every vLLM class we subclass (``module:qualname``): the methods we override

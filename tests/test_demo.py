@@ -39,6 +39,13 @@ def test_serve_demo_prints_requests_and_answers_one(dynin_checkpoint):
     assert "Example completion: '" in out
     assert '"type": "image_url"' in out
     assert "Example image chat: '" in out
+    # The audio examples: a generated sample clip, in chat and transcribed.
+    clip = dynin_checkpoint.parent / "sample_speech.wav"
+    assert (
+        f"/v1/audio/transcriptions -F model={dynin_checkpoint} -F file=@{clip}" in out
+    )
+    assert "Example audio chat: '" in out
+    assert "Example transcription: '" in out
 
 
 def test_offline_example_reports_steps(dynin_checkpoint):

@@ -76,6 +76,8 @@ def _path(cls: type) -> str:
 
 
 def _params(member: Any) -> tuple[str, ...]:
+    if isinstance(member, property):  # its getter's parameters: ("self",)
+        member = member.fget
     return tuple(inspect.signature(member).parameters)
 
 

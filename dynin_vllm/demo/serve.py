@@ -5,8 +5,9 @@
 With no MODEL it serves the embedded tiny Dynin-Omni checkpoint (real layout,
 random weights; built on first use under ``checkpoints/``), which stands in
 for ``snu-aidas/Dynin-Omni`` where weights cannot be downloaded. It waits for
-the server to be ready, prints example requests, sends one to show the answer,
-and keeps serving until interrupted.
+the server to be ready, prints example requests, sends them (text, an image
+chat, an audio chat and a transcription of a generated sample clip) to show
+the answers, and keeps serving until interrupted.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ DEFAULT_CHECKPOINT = Path("checkpoints") / "dynin-omni-tiny"
 
 def ensure_tiny_checkpoint(path: Path = DEFAULT_CHECKPOINT) -> Path:
     """Build the tiny Dynin-Omni checkpoint at ``path`` unless it is there."""
-    # (Re)built when incomplete, e.g. from before it shipped its image codec.
-    if not all(
-        (path / name).exists() for name in ("model.safetensors.index.json", "magvitv2")
-    ):
+    # (Re)built when incomplete, e.g. from before it shipped its codecs.
+    parts = ("model.safetensors.index.json", "magvitv2", "emova_speech_tokenizer")
+    if not all((path / name).exists() for name in parts):
         from dynin_vllm.testing.make_checkpoint import make_checkpoint
 
         print(f"Building the tiny Dynin-Omni checkpoint in {path} ...", flush=True)
@@ -80,8 +80,42 @@ EXAMPLE_IMAGE_CHAT = {
 }
 
 
-def example_requests(base: str, model: str) -> str:
-    """Ready-to-paste ``curl`` commands for the completion and chat endpoints."""
+def sample_speech_file(directory: Path) -> Path:
+    """A 2 s speech-like WAV clip (written once) for the audio examples."""
+    from dynin_vllm.testing.media_samples import audio_bytes, speech_like
+
+    path = directory / "sample_speech.wav"
+    if not path.exists():
+        path.write_bytes(audio_bytes(speech_like(1)))
+    return path
+
+
+def audio_chat(clip: Path) -> dict:
+    """Speech recognition in chat: an ``input_audio`` part and the instruction."""
+    import base64
+
+    data = base64.b64encode(clip.read_bytes()).decode()
+    return {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "input_audio",
+                        "input_audio": {"data": data, "format": "wav"},
+                    },
+                    {"type": "text", "text": "Transcribe the given audio."},
+                ],
+            }
+        ],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
+
+
+def example_requests(base: str, model: str, clip: Path | None = None) -> str:
+    """Ready-to-paste ``curl`` commands for the completion, chat and (with a
+    sample ``clip``) transcription endpoints."""
     lines = []
     for path, body in (
         ("completions", EXAMPLE_COMPLETION),
@@ -92,6 +126,11 @@ def example_requests(base: str, model: str) -> str:
         lines.append(
             f"curl -s {base}/v1/{path} -H 'Content-Type: application/json' "
             f"-d '{payload}'"
+        )
+    if clip is not None:
+        lines.append(
+            f"curl -s {base}/v1/audio/transcriptions -F model={model} "
+            f"-F file=@{clip} -F temperature=0 -F max_completion_tokens=16"
         )
     return "\n\n".join(lines)
 
@@ -117,6 +156,23 @@ def send_image_example(base: str, model: str) -> str:
     return _post(base, "chat/completions", body)["choices"][0]["message"]["content"]
 
 
+def send_audio_examples(base: str, model: str, clip: Path) -> tuple[str, str]:
+    """Send the audio chat and the transcription of ``clip``; return both
+    answers."""
+    from openai import OpenAI
+
+    body = {"model": model, **audio_chat(clip)}
+    chat = _post(base, "chat/completions", body)["choices"][0]["message"]["content"]
+    client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    transcript = client.audio.transcriptions.create(
+        model=model,
+        file=(clip.name, clip.read_bytes()),
+        temperature=0,
+        extra_body={"max_completion_tokens": 16},
+    ).text
+    return chat, transcript
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", help="checkpoint dir or hub id")
@@ -132,11 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with served(model, host=args.host, port=args.port, extra_args=extra) as server:
             base = server.base_url
+            clip = sample_speech_file(_sample_directory(model))
             print("\nServer ready. Example requests:\n", flush=True)
-            print(example_requests(base, model), flush=True)
+            print(example_requests(base, model, clip), flush=True)
             print(f"\nExample completion: {send_example(base, model)!r}", flush=True)
             answer = send_image_example(base, model)
-            print(f"Example image chat: {answer!r}\n", flush=True)
+            print(f"Example image chat: {answer!r}", flush=True)
+            chat, transcript = send_audio_examples(base, model, clip)
+            print(f"Example audio chat: {chat!r}", flush=True)
+            print(f"Example transcription: {transcript!r}\n", flush=True)
             if args.once:
                 return 0
             print("Serving; press Ctrl-C to stop.", flush=True)
@@ -146,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+
+
+def _sample_directory(model: str) -> Path:
+    """Where the sample clip goes: beside a local checkpoint, else here."""
+    path = Path(model)
+    return path.parent if path.is_dir() else Path(".")
 
 
 if __name__ == "__main__":
