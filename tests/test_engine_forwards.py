@@ -154,3 +154,57 @@ def test_an_image_is_encoded_once_per_request(
         assert forwarded[:span] == want[:span]
         # A completion prompt is the text as given (no chat turn around it).
         assert forwarded[span:] == tokenizer(f"Question {i}").input_ids
+
+
+def test_aborted_media_requests_release_their_encoder_cache(inprocess_llm):
+    """An image and an audio request aborted mid-denoise hold no encoder-cache
+    slot afterwards (vLLM keeps the entries only as freeable), and their KV
+    blocks are free again."""
+    import numpy as np
+    from PIL import Image
+    from vllm import SamplingParams
+
+    from dynin_vllm.reference.prompts import chat_turn
+    from dynin_vllm.testing.media_samples import speech_like
+
+    engine = inprocess_llm.llm_engine
+    scheduler = engine.engine_core.engine_core.scheduler
+    cache = scheduler.encoder_cache_manager
+    blocks = scheduler.kv_cache_manager.block_pool
+    free_blocks = blocks.get_num_free_blocks()
+    image = Image.fromarray(
+        np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    )
+    params = SamplingParams(
+        max_tokens=64,
+        temperature=0,
+        extra_args={"mode": "exact", "block_length": 64, "steps": 64},
+    )
+    engine.add_request(
+        "pictured",
+        {
+            "prompt": chat_turn("What is it?"),
+            "multi_modal_data": {"image": image},
+            "mm_processor_kwargs": {"image_resolution": 64},
+        },
+        params,
+    )
+    engine.add_request(
+        "heard",
+        {
+            "prompt": chat_turn("Transcribe the given audio."),
+            "multi_modal_data": {"audio": (speech_like(30, seconds=0.5), 16000)},
+        },
+        params,
+    )
+    for _ in range(3):
+        assert not any(out.finished for out in engine.step())
+    assert len(cache.request_cached_ids) == 2  # both requests hold entries
+    assert cache.num_freeable_slots < cache.cache_size
+    assert blocks.get_num_free_blocks() < free_blocks
+    engine.abort_request(["pictured", "heard"])
+    engine.step()
+    assert not cache.request_cached_ids
+    assert cache.num_freeable_slots == cache.cache_size
+    assert blocks.get_num_free_blocks() == free_blocks
+    assert not engine.has_unfinished_requests()

@@ -248,17 +248,22 @@ def test_speech_requests_use_upstreams_asr_schedule(
     assert len(unbounded.outputs[0].token_ids) == 128
 
 
-def test_s2u_runs_once_per_audio_item(dynin_llm, monkeypatch):
+def test_s2u_runs_once_per_audio_item_and_forwards_the_reference_layout(
+    dynin_llm, tokenizer, emova, monkeypatch
+):
     """S2U runs in the front end's processor, once per item, however many
-    steps and re-forwards (``exact``) the request takes."""
+    steps and re-forwards (``exact``) the request takes; the ids the engine
+    forwards (its prompt, placeholders replaced by the ids that travel with
+    the request) are the independently built reference layout."""
     from dynin_vllm.multimodal.speech_units import SpeechUnitEncoder
 
-    calls = []
+    encoded = []
     original = SpeechUnitEncoder.units
 
     def counting(self, waveform, **kwargs):
-        calls.append(len(waveform))
-        return original(self, waveform, **kwargs)
+        units = original(self, waveform, **kwargs)
+        encoded.append((np.asarray(waveform).copy(), units))
+        return units
 
     monkeypatch.setattr(SpeechUnitEncoder, "units", counting)
     clips = [speech_like(20 + i, seconds=0.5) for i in range(3)]
@@ -274,7 +279,16 @@ def test_s2u_runs_once_per_audio_item(dynin_llm, monkeypatch):
         o.outputs[0].spec_decode_metrics.to_dict()["num_spec_steps"] for o in outputs
     ]
     assert steps == [16, 16, 16]
-    assert sorted(calls) == [len(c) for c in clips]
+    assert len(encoded) == len(clips)
+    offset = len(tokenizer) + 8192
+    for clip, out in zip(clips, outputs, strict=True):
+        (units,) = [u for w, u in encoded if np.array_equal(w, clip)]
+        ids = iter(offset + u for u in units)
+        forwarded = [next(ids) if t == PLACEHOLDER else t for t in out.prompt_token_ids]
+        assert next(ids, None) is None
+        assert forwarded == speech_recognition_prompt(
+            tokenizer, emova, clip, INSTRUCTION, sample_rate=RATE
+        )
 
 
 @pytest.mark.parametrize(

@@ -721,16 +721,18 @@ def test_chat_with_input_audio_matches_the_reference(
     assert response.usage.prompt_tokens == len(prompt)
 
 
-#: (container, sample rate, channels) of the transcription uploads.
+#: (container, sample rate, channels) of the transcription uploads: what
+#: libsndfile decodes, at every rate and layout, and two containers only
+#: PyAV decodes.
 UPLOADS = [
     (fmt, rate, channels)
     for fmt in ("WAV", "FLAC", "MP3")
     for rate in (8000, 22050, 44100, 48000)
     for channels in (1, 2)
-]
+] + [("M4A", 44100, 1), ("WEBM", 48000, 1)]
 
 
-def test_transcriptions_of_wav_flac_and_mp3_at_any_rate_and_layout(
+def test_transcriptions_of_any_format_rate_and_layout(
     server, tokenizer, reference_model, emova
 ):
     """Every upload is decoded and resampled to 16 kHz mono by vLLM (PyAV);
@@ -742,7 +744,12 @@ def test_transcriptions_of_wav_flac_and_mp3_at_any_rate_and_layout(
     from vllm.multimodal.audio import resample_audio_pyav
     from vllm.multimodal.media.audio import load_audio
 
-    from dynin_vllm.testing.media_samples import audio_bytes, speech_like
+    from dynin_vllm.testing.media_samples import (
+        PYAV_FORMATS,
+        audio_bytes,
+        pyav_audio_bytes,
+        speech_like,
+    )
 
     base, model = server
     client = _openai(base)
@@ -752,7 +759,10 @@ def test_transcriptions_of_wav_flac_and_mp3_at_any_rate_and_layout(
         samples = resample_audio_pyav(clip, orig_sr=16000, target_sr=rate)
         if channels == 2:
             samples = np.stack([samples, 0.5 * samples], axis=1)
-        files.append(audio_bytes(samples, rate, fmt))
+        if fmt in PYAV_FORMATS:
+            files.append(pyav_audio_bytes(samples, rate, fmt))
+        else:
+            files.append(audio_bytes(samples, rate, fmt))
 
     def transcribe(index: int):
         fmt = UPLOADS[index][0].lower()

@@ -27,3 +27,28 @@ def audio_bytes(
     buffer = io.BytesIO()
     sf.write(buffer, samples, rate, format=fmt)
     return buffer.getvalue()
+
+
+#: PyAV (container, codec) of the compressed formats libsndfile cannot write.
+PYAV_FORMATS = {"M4A": ("ipod", "aac"), "WEBM": ("webm", "libopus")}
+
+
+def pyav_audio_bytes(samples: np.ndarray, rate: int, fmt: str) -> bytes:
+    """Mono ``samples`` encoded with PyAV as ``fmt`` (``M4A``: AAC, ``WEBM``:
+    Opus)."""
+    import av
+
+    container, codec = PYAV_FORMATS[fmt]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples, dtype=np.float32)[None, :],
+            format="flt",
+            layout="mono",
+        )
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return buffer.getvalue()
