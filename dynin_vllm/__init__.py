@@ -62,4 +62,7 @@ def register() -> None:
 
     vllm_private.check_rendered_requests(settle_rendered_request)
     vllm_private.refuse_decompression_bombs_as_bad_input()
+    from dynin_vllm.serving.log_filters import log_torchcodec_fallback_once
+
+    log_torchcodec_fallback_once()
     _registered = True

@@ -83,3 +83,24 @@ def test_resolutions_and_frame_counts_are_checked_by_name():
     for bad in (0, 33, 2.5):
         with pytest.raises(ValueError, match="video_num_frames"):
             check_frames(bad)
+
+
+def test_the_torchcodec_fallback_warning_is_logged_once_per_process():
+    """vLLM warns on every clip that torchcodec is missing; the plugin keeps
+    the first warning and passes every other record."""
+    import logging
+
+    import dynin_vllm
+    from dynin_vllm.serving.log_filters import AUDIO_LOGGER, OncePerProcess
+
+    once = OncePerProcess("torchcodec unavailable")
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("x", logging.WARNING, "", 0, message, (), None)
+
+    fallback = "torchcodec unavailable (%r); falling back to soundfile/PyAV."
+    assert [once.filter(record(fallback)) for _ in range(3)] == [True, False, False]
+    assert once.filter(record("Failed to load audio via soundfile"))
+    dynin_vllm.register()
+    filters = logging.getLogger(AUDIO_LOGGER).filters
+    assert sum(isinstance(f, OncePerProcess) for f in filters) == 1
