@@ -707,6 +707,10 @@ def _speech_reference(tokenizer, emova, reference_model, samples, **kwargs):
 def test_chat_with_input_audio_matches_the_reference(
     server, tokenizer, reference_model, emova
 ):
+    """The same clip as an ``input_audio`` part and as an ``audio_url`` data
+    URL."""
+    import base64
+
     from dynin_vllm.testing.media_samples import audio_bytes, speech_like
 
     base, model = server
@@ -714,11 +718,15 @@ def test_chat_with_input_audio_matches_the_reference(
     prompt, want = _speech_reference(
         tokenizer, emova, reference_model, clip, gen_length=8, block_length=4, steps=8
     )
-    response = _image_chat(
-        base, model, [_audio_part(audio_bytes(clip)), {"type": "text", "text": ASR}]
-    )
-    assert response.choices[0].message.content == want
-    assert response.usage.prompt_tokens == len(prompt)
+    data = audio_bytes(clip)
+    url = "data:audio/wav;base64," + base64.b64encode(data).decode()
+    for part in (
+        _audio_part(data),
+        {"type": "audio_url", "audio_url": {"url": url}},
+    ):
+        response = _image_chat(base, model, [part, {"type": "text", "text": ASR}])
+        assert response.choices[0].message.content == want, part["type"]
+        assert response.usage.prompt_tokens == len(prompt)
 
 
 #: (container, sample rate, channels) of the transcription uploads: what
