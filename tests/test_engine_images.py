@@ -232,17 +232,19 @@ def test_image_requests_use_upstreams_image_defaults(
     assert list(out.outputs[0].token_ids) == want
 
 
-def test_without_codec_weights_text_works_and_images_say_what_to_download(tmp_path):
-    """A Dynin checkpoint whose MAGVIT-v2 weights cannot be found serves text;
-    an image request is refused with what to download."""
+def test_without_codec_weights_text_works_and_media_say_what_to_download(tmp_path):
+    """A Dynin checkpoint whose MAGVIT-v2 and EMOVA weights cannot be found
+    serves text; an image or audio request is refused with what to download."""
     import shutil
 
     from dynin_vllm.testing.make_checkpoint import make_checkpoint
+    from dynin_vllm.testing.media_samples import speech_like
     from tests.engine_utils import make_llm, shutdown, temporary_env
 
     checkpoint = make_checkpoint(tmp_path / "no-codec", "dynin")
     shutil.rmtree(checkpoint / "magvitv2")
-    with temporary_env(HF_HUB_OFFLINE="1", DYNIN_MAGVIT_PATH=""):
+    shutil.rmtree(checkpoint / "emova_speech_tokenizer")
+    with temporary_env(HF_HUB_OFFLINE="1", DYNIN_MAGVIT_PATH="", DYNIN_EMOVA_PATH=""):
         llm = make_llm(checkpoint, gpu_memory_utilization=0.15)
         try:
             (text,) = llm.generate(
@@ -258,6 +260,14 @@ def test_without_codec_weights_text_works_and_images_say_what_to_download(tmp_pa
                     use_tqdm=False,
                 )
             assert "DYNIN_MAGVIT_PATH" in str(err.value)
+            audio = (speech_like(0), 16000)
+            with pytest.raises(Exception, match="emova_speech_tokenizer_hf") as err:
+                llm.generate(
+                    [{"prompt": "Hi", "multi_modal_data": {"audio": audio}}],
+                    _sampling_params({}),
+                    use_tqdm=False,
+                )
+            assert "DYNIN_EMOVA_PATH" in str(err.value)
         finally:
             shutdown(llm)
 
