@@ -187,7 +187,9 @@ class Denoiser:
             return []
         if state.is_uncond:
             main = self.states.get(state.cfg_partner or "")
-            return main.drafts() if main is not None else []
+            if main is None:
+                return []
+            return _masked_for_branch(main.drafts(), main.committed, main)
         return state.drafts()
 
     # --- one step ----------------------------------------------------------
@@ -288,7 +290,15 @@ class Denoiser:
         def per_row(values: list[Any], dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype, device=device)[slot]
 
-        temperature = per_row([s.temperature for s in states], torch.float32)
+        # MaskGIT draws its candidates at temperature 1 (its temperature
+        # scales the re-masking noise); 0 is greedy.
+        temperature = per_row(
+            [
+                (1.0 if s.temperature > 0 else 0.0) if s.uses_maskgit else s.temperature
+                for s in states
+            ],
+            torch.float32,
+        )
         seed = per_row([s.seed for s in states], torch.int64)
         step = per_row([s.noise_step for s in states], torch.int64)
         position = plan.row_position.to(device)
@@ -297,8 +307,18 @@ class Denoiser:
         if plan.uncond_row_index is not None:
             uncond = logits[plan.uncond_row_index.to(device)]
             cfg = per_row([s.params.cfg_scale for s in states], torch.float32)
-        ids, conf = kernels.score_rows(
-            cond, temperature, seed, step, position, uncond_logits=uncond, cfg_scale=cfg
+        allowed = _allowed_rows(states, plan.row_slot, cond.shape[-1], device)
+        ids, conf = _score(
+            states,
+            plan.row_slot,
+            cond,
+            temperature,
+            seed,
+            step,
+            position,
+            uncond,
+            cfg,
+            allowed,
         )
         if any(s.params.remasking == "random" for s in states):
             is_random = per_row(
@@ -333,9 +353,40 @@ class Denoiser:
         factor = torch.tensor(
             [s.params.factor or 0.0 for s in states], dtype=torch.float64, device=device
         )
-        kernels.commit(
-            canvas, candidates, confidence, editable, num_transfer, threshold, factor
-        )
+        maskgit = torch.tensor([s.uses_maskgit for s in states], device=device)
+        if not bool(maskgit.any()):
+            kernels.commit(
+                canvas,
+                candidates,
+                confidence,
+                editable,
+                num_transfer,
+                threshold,
+                factor,
+            )
+        else:
+            rows = (~maskgit).nonzero().flatten()
+            if rows.numel():
+                part = canvas[rows]
+                kernels.commit(
+                    part,
+                    candidates[rows],
+                    confidence[rows],
+                    editable[rows],
+                    num_transfer[rows],
+                    threshold[rows],
+                    factor[rows],
+                )
+                canvas[rows] = part
+            rows = maskgit.nonzero().flatten()
+            self._maskgit_commit(
+                [states[i] for i in rows.tolist()],
+                rows,
+                canvas,
+                candidates,
+                confidence,
+                editable,
+            )
 
         new_blocks = canvas.cpu()  # the step's one device-to-host copy
         emitted: dict[str, list[int]] = {}
@@ -347,5 +398,135 @@ class Denoiser:
             tokens = state.apply_block(new_blocks[i, n:], filled)
             emitted[state.req_id] = tokens
             if uncond_id is not None:
-                emitted[uncond_id] = list(tokens)
+                emitted[uncond_id] = _masked_for_branch(
+                    tokens, state.committed - len(tokens), state
+                )
         return emitted
+
+    def _maskgit_commit(
+        self,
+        states: list[RequestState],
+        rows: torch.Tensor,
+        canvas: torch.Tensor,
+        candidates: torch.Tensor,
+        confidence: torch.Tensor,
+        editable: torch.Tensor,
+    ) -> None:
+        """One MaskGIT step for the canvas ``rows`` of ``states``, in place."""
+        device = canvas.device
+
+        def values(items: list[Any], dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(items, dtype=dtype, device=device)
+
+        steps = [s.layout.steps_per_block for s in states]
+        part = canvas[rows]
+        kernels.maskgit_commit(
+            part,
+            candidates[rows],
+            confidence[rows],
+            editable[rows],
+            values(
+                [
+                    kernels.cosine_mask_len(s.num_slots, s.step, n)
+                    for s, n in zip(states, steps, strict=True)
+                ],
+                torch.int64,
+            ),
+            values(
+                [
+                    kernels.annealed_temperature(s.temperature, s.step, n)
+                    for s, n in zip(states, steps, strict=True)
+                ],
+                torch.float64,
+            ),
+            values([s.seed for s in states], torch.int64),
+            values([s.noise_step for s in states], torch.int64),
+            values([s.committed for s in states], torch.int64),
+        )
+        canvas[rows] = part
+
+
+def _masked_for_branch(tokens: list[int], start: int, main: RequestState) -> list[int]:
+    """What the unconditional branch shows for ``tokens`` (answer positions
+    ``start, ...`` of its request): the mask id on its first
+    ``uncond_masked_slots`` slots, the request's tokens elsewhere."""
+    masked = min(len(tokens), main.params.uncond_masked_slots - start)
+    if masked <= 0:
+        return list(tokens)
+    return [main.mask_id] * masked + list(tokens[masked:])
+
+
+def _allowed_rows(
+    states: list[RequestState],
+    row_slot: torch.Tensor,
+    vocab: int,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Per row, its request's allowed ``[lo, hi)`` ranges (``[n, R, 2]``;
+    empty ranges pad), or ``None`` when no request restricts the vocabulary."""
+    ranges = [s.params.allowed_token_ranges for s in states]
+    if not any(ranges):
+        return None
+    width = max(len(r) for r in ranges if r)
+    table = torch.zeros(len(states), width, 2, dtype=torch.int64)
+    for i, r in enumerate(ranges):
+        if r:
+            table[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
+        else:
+            table[i, 0, 1] = vocab  # everything
+    return table.to(device)[row_slot.to(device)]
+
+
+def _score(
+    states: list[RequestState],
+    row_slot: torch.Tensor,
+    cond: torch.Tensor,
+    temperature: torch.Tensor,
+    seed: torch.Tensor,
+    step: torch.Tensor,
+    position: torch.Tensor,
+    uncond: torch.Tensor | None,
+    cfg: torch.Tensor | None,
+    allowed: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kernels.score_rows`` with each request's guidance formula: MaskGIT's
+    ``(1+s)c - s*u`` or LLaDA's ``u + (s+1)(c-u)``, as upstream writes each."""
+    formulas = [
+        kernels.CFG_MASKGIT if s.uses_maskgit else kernels.CFG_LLADA for s in states
+    ]
+    groups = sorted(set(formulas))
+    if len(groups) == 1 or cfg is None:
+        return kernels.score_rows(
+            cond,
+            temperature,
+            seed,
+            step,
+            position,
+            uncond_logits=uncond,
+            cfg_scale=cfg,
+            cfg_formula=groups[0],
+            allowed=allowed,
+        )
+    ids = torch.empty(cond.shape[0], dtype=torch.int64, device=cond.device)
+    conf = torch.empty(cond.shape[0], dtype=torch.float64, device=cond.device)
+    is_maskgit = torch.tensor(
+        [f == kernels.CFG_MASKGIT for f in formulas], device=cond.device
+    )[row_slot.to(cond.device)]
+    for formula, rows in (
+        (kernels.CFG_MASKGIT, is_maskgit.nonzero().flatten()),
+        (kernels.CFG_LLADA, (~is_maskgit).nonzero().flatten()),
+    ):
+        if not rows.numel():
+            continue
+        ids[rows], conf[rows] = kernels.score_rows(
+            cond[rows],
+            temperature[rows],
+            seed[rows],
+            step[rows],
+            position[rows],
+            uncond_logits=uncond[rows],
+            cfg_scale=cfg[rows],
+            cfg_formula=formula,
+            allowed=None if allowed is None else allowed[rows],
+        )
+    return ids, conf

@@ -28,6 +28,17 @@ seed           seed of the counter-based noise (temperature > 0, random remaskin
 canvas         initial answer canvas: mask ids mixed with fixed ids (never changed)
 uncond_prompt_token_ids  prompt of the unconditional CFG branch (default: the
                prompt with every token replaced by the mask id, as LLaDA does)
+task           a generation task: ``image_generation`` (text to image),
+               ``image_editing`` or ``speech_generation`` (text to speech); sets
+               the sampler and the task's defaults (understanding tasks are set
+               from the request's media, never by this parameter)
+allowed_token_ranges  ``[[lo, hi], ...]``: the vocabulary ids the answer may
+               take (the image codebook, or the speech units with ``<|eoa|>``
+               and EOS); logits outside them are never chosen
+uncond_masked_slots  leading answer slots that stay the mask id in the
+               unconditional CFG branch (upstream's uncond rows: T2I's
+               ``resolution + 1`` prefix keeps 383 image slots masked there, TTS
+               masks every speech slot)
 likelihood_tokens  score instead of generate: the last ``likelihood_tokens``
                prompt tokens are the continuation, whose masked-diffusion
                log-likelihood (LLaDA's Monte Carlo ELBO) is returned as their
@@ -73,6 +84,9 @@ PARAM_NAMES = (
     "canvas",
     "uncond_prompt_token_ids",
     "likelihood_tokens",
+    "task",
+    "allowed_token_ranges",
+    "uncond_masked_slots",
 )
 
 #: The decoding rules a request chooses between: a request that sets one of
@@ -81,8 +95,21 @@ DECODING_RULES = ("threshold", "factor")
 
 #: Tasks a request can belong to (the label of its metrics); a media
 #: request's task is its modality (speech recognition is ``audio``).
-TASKS = ("text", "image", "video", "audio")
-MEDIA_TASKS = TASKS[1:]
+TASKS = (
+    "text",
+    "image",
+    "video",
+    "audio",
+    "image_generation",
+    "image_editing",
+    "speech_generation",
+)
+MEDIA_TASKS = ("image", "video", "audio")
+#: Tasks a request names itself (``task``): those that generate media.
+GENERATION_TASKS = ("image_generation", "image_editing", "speech_generation")
+#: Tasks denoised with MaskGIT (``dynin.md`` §5.3-§5.4) instead of LLaDA's
+#: block-wise low-confidence remasking.
+MASKGIT_TASKS = ("image_generation", "image_editing")
 
 #: Upstream's denoising defaults per task (``dynin.md`` §5.2), as functions of
 #: the answer length; a value the request or the server sets wins. Image
@@ -95,6 +122,29 @@ TASK_DEFAULTS: dict[str, Any] = {
     "image": lambda answer: {"block_length": answer, "steps": max(1, answer // 2)},
     "video": lambda answer: {"block_length": answer, "steps": answer},
     "audio": lambda answer: {"block_length": 2, "steps": answer},
+    # MaskGIT over the whole canvas (one block), upstream's full recompute;
+    # 20 steps and guidance 3.5 for T2I (``configs/dynin_omni_demo.yaml``),
+    # 64 steps for I2I (``i2i_generate``'s default, which its script keeps).
+    "image_generation": lambda answer: {
+        "block_length": answer,
+        "steps": 20,
+        "cfg_scale": 3.5,
+        "mode": "exact",
+    },
+    "image_editing": lambda answer: {
+        "block_length": answer,
+        "steps": 64,
+        "cfg_scale": 3.5,
+        "mode": "exact",
+    },
+    # ``validation/speech.py``: 383 slots in blocks of 128, one step per slot,
+    # guidance 2.5.
+    "speech_generation": lambda answer: {
+        "block_length": 128,
+        "steps": answer,
+        "cfg_scale": 2.5,
+        "mode": "exact",
+    },
 }
 
 #: Keys reserved for the engine's own bookkeeping (never set by clients).
@@ -135,6 +185,8 @@ class DiffusionParams:
     likelihood_tokens: int | None = None
     mc_num: int = 128
     mc_batch_size: int = 32
+    allowed_token_ranges: tuple[tuple[int, int], ...] | None = None
+    uncond_masked_slots: int = 0
     # The names of BUILTIN_DEFAULTS that the request or the server set (a
     # task's own defaults apply to the others).
     explicit: tuple[str, ...] = ()
@@ -155,6 +207,11 @@ class DiffusionParams:
         return self.infill and self.mode != "block" and not self.scores_likelihood
 
     @property
+    def sampler(self) -> str:
+        """``maskgit`` (image generation and editing) or ``llada``."""
+        return "maskgit" if self.task in MASKGIT_TASKS else "llada"
+
+    @property
     def dynamic_steps(self) -> bool:
         """Whether the number of steps depends on the confidences."""
         return self.threshold is not None or self.factor is not None
@@ -166,6 +223,10 @@ class DiffusionParams:
             if wire[name] is not None:
                 wire[name] = list(wire[name])
         wire["explicit"] = list(wire["explicit"])
+        if wire["allowed_token_ranges"] is not None:
+            wire["allowed_token_ranges"] = [
+                list(r) for r in wire["allowed_token_ranges"]
+            ]
         return wire
 
     @classmethod
@@ -187,6 +248,10 @@ class DiffusionParams:
             if values[name] is not None:
                 values[name] = tuple(values[name])
         values["explicit"] = tuple(values["explicit"])
+        if values["allowed_token_ranges"] is not None:
+            values["allowed_token_ranges"] = tuple(
+                (int(lo), int(hi)) for lo, hi in values["allowed_token_ranges"]
+            )
         return cls(**values)
 
     def for_task(self, task: str, answer_len: int | None) -> DiffusionParams:
@@ -321,7 +386,18 @@ def parse_params(
         uncond = _token_ids("uncond_prompt_token_ids", uncond, vocab_size)
 
     infill = _flag("infill", merged["infill"])
+    task = "text"
+    if request.get("task") is not None:
+        task = _choice("task", request["task"], GENERATION_TASKS)
+    ranges = request.get("allowed_token_ranges")
+    if ranges is not None:
+        ranges = _token_ranges("allowed_token_ranges", ranges, vocab_size)
+    uncond_masked = _int(
+        "uncond_masked_slots", request.get("uncond_masked_slots", 0), 0
+    )
     likelihood_tokens, mc_num, mc_batch_size = _likelihood(request, merged)
+    if likelihood_tokens is not None and task != "text":
+        raise DiffusionParamError("task", "a likelihood request scores text")
     if likelihood_tokens is not None:
         if cfg_scale > 0.0:
             raise DiffusionParamError(
@@ -348,7 +424,36 @@ def parse_params(
         mc_num=mc_num,
         mc_batch_size=mc_batch_size,
         explicit=explicit,
+        task=task,
+        allowed_token_ranges=ranges,
+        uncond_masked_slots=uncond_masked,
     )
+
+
+def _token_ranges(
+    name: str, value: Any, vocab_size: int | None
+) -> tuple[tuple[int, int], ...]:
+    """``[[lo, hi], ...]``: non-empty half-open ranges inside the vocabulary."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise DiffusionParamError(name, "expected a non-empty list of [lo, hi] pairs")
+    ranges = []
+    for i, pair in enumerate(value):
+        if (
+            not isinstance(pair, (list, tuple))
+            or len(pair) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in pair)
+        ):
+            raise DiffusionParamError(
+                name, f"entry {i} is not an [lo, hi] pair: {pair!r}"
+            )
+        lo, hi = pair
+        top = vocab_size if vocab_size is not None else hi
+        if not 0 <= lo < hi <= top:
+            raise DiffusionParamError(
+                name, f"entry {i} = [{lo}, {hi}) is empty or outside [0, {top})"
+            )
+        ranges.append((lo, hi))
+    return tuple(ranges)
 
 
 def _likelihood(

@@ -6,6 +6,10 @@ to right. ``committed`` counts the answer tokens already emitted: everything
 before it is final, the current block starts there, everything after it is
 still the initial canvas.
 
+MaskGIT requests (image generation and editing) have one block, the whole
+canvas, denoised in ``layout.steps_per_block`` steps by the cosine schedule
+(``dynin_vllm.kernels.maskgit``) instead of a transfer-count schedule.
+
 With ``infill`` the prompt's mask ids ("holes") are denoised too (never in
 ``block`` mode); see ``dynin_vllm.reference.sampler.generate`` for the rules.
 Threshold and factor decoding: an open hole is a candidate of every step
@@ -55,6 +59,8 @@ class RequestState:
 
     def __post_init__(self) -> None:
         self.answer = self.initial.clone()
+        # MaskGIT's schedule counts the canvas's mask slots, fixed ids aside.
+        self.num_slots = int((self.initial == self.mask_id).sum())
         self.hole_values = torch.full_like(self.holes, self.mask_id)
         self._start_block()
 
@@ -108,10 +114,14 @@ class RequestState:
             return True
         return self.params.mode == "prefix" and (self.step == 0 or self.holes_pending())
 
+    @property
+    def uses_maskgit(self) -> bool:
+        return self.params.sampler == "maskgit"
+
     def _start_block(self) -> None:
         self.step = 0
         self._holes_at_block_start = self.hole_values.clone()
-        if self.params.dynamic_steps:
+        if self.params.dynamic_steps or self.uses_maskgit:
             self.schedule = []
         else:
             self.schedule = transfer_counts(

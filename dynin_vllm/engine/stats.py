@@ -46,6 +46,7 @@ from vllm.logger import init_logger
 from vllm.v1.spec_decode.metrics import SpecDecodingStats
 
 from dynin_vllm.diffusion.params import MODES
+from dynin_vllm.diffusion.params import TASKS as PARAM_TASKS
 
 __all__ = [
     "COMMITS_PER_STEP",
@@ -64,7 +65,7 @@ __all__ = [
 logger = init_logger("vllm." + __name__)
 
 #: Generation tasks, by encoded index. Append only: the index is the encoding.
-TASKS: tuple[str, ...] = ("text", "image", "video", "audio")
+TASKS: tuple[str, ...] = PARAM_TASKS
 
 #: First entry of an encoded ``num_accepted_tokens_per_pos`` ("DYNS"): a stock
 #: per-position count would need that many drafts in one step.

@@ -35,6 +35,7 @@ from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import LogitsProcessor
 
 from dynin_vllm.diffusion.params import (
+    GENERATION_TASKS,
     MEDIA_TASKS,
     PARAM_NAMES,
     RESOLVED_KEY,
@@ -179,6 +180,13 @@ def settle_rendered_request(
                 tokens,
             )
     task = next((m for m in MEDIA_TASKS if m in modalities), None)
+    if wire.get("task") in GENERATION_TASKS:
+        if modalities and wire["task"] != "image_editing":
+            _reject(
+                "multi_modal_data",
+                f"a {wire['task']} request takes no media input",
+            )
+        task = wire["task"]
     if task == "audio" and prompt_token_ids is not None:
         room = None if max_model_len is None else max_model_len - len(prompt_token_ids)
         if sampling_params.max_tokens is None or (

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .maskgit import maskgit_commit_torch
-from .scoring import random_confidence_torch, score_rows_torch
+from .maskgit import annealed_temperature, cosine_mask_len, maskgit_commit_torch
+from .scoring import CFG_LLADA, CFG_MASKGIT, random_confidence_torch, score_rows_torch
 from .selection import commit_torch
 
 ENV = "DYNIN_VLLM_KERNELS"
@@ -80,4 +80,14 @@ def random_confidence(seed: torch.Tensor, step: torch.Tensor, position: torch.Te
     return random_confidence_torch(seed, step, position)
 
 
-__all__ = ["commit", "maskgit_commit", "random_confidence", "score_rows", "use_triton"]
+__all__ = [
+    "CFG_LLADA",
+    "CFG_MASKGIT",
+    "annealed_temperature",
+    "commit",
+    "cosine_mask_len",
+    "maskgit_commit",
+    "random_confidence",
+    "score_rows",
+    "use_triton",
+]

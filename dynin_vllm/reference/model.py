@@ -81,13 +81,18 @@ class ReferenceLLaDA:
         start: int = 0,
         cache: KVCache | None = None,
         return_cache: bool = False,
+        key_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache | None]:
         """Logits ``[B, T, V]`` for ``ids [B, T]`` at positions ``start..start+T``.
 
         With ``cache`` (length ``start``), attention also covers the cached
         positions. With ``return_cache`` the result carries the KV of all
-        ``start + T`` positions.
+        ``start + T`` positions. ``key_mask`` (``[B, T]``, true = visible) hides
+        keys, as upstream's padding ``attention_bias`` does; the rows of hidden
+        positions are computed but meaningless.
         """
+        if key_mask is not None and cache is not None:
+            raise ValueError("key_mask is only supported without a cache")
         bsz, length = ids.shape
         positions = torch.arange(start, start + length)
         x = F.embedding(ids, self._t("wte.weight"))
@@ -114,6 +119,7 @@ class ReferenceLLaDA:
                 q,
                 k.repeat_interleave(rep, 1),
                 v.repeat_interleave(rep, 1),
+                attn_mask=None if key_mask is None else key_mask.bool()[:, None, None],
                 is_causal=False,
             )
             att = att.transpose(1, 2).reshape(bsz, length, -1)

@@ -1,0 +1,241 @@
+"""Requests of Dynin-Omni's generation tasks, and their outputs as media.
+
+Each builder returns the token prompt and the ``SamplingParams`` of one
+request for ``vllm.LLM.generate`` (or the OpenAI endpoints), laid out as
+upstream's prompt builders lay them out (``dynin.md`` §4.5-§4.7), with two
+changes the engine makes exactly:
+
+- the ``[iPAD]`` pads of the text slot are dropped: they are masked out of
+  attention upstream, and rotary positions are relative, so left pads change
+  nothing;
+- the image or speech slots and anything fixed after them (the closing
+  ``<|eoi|>``) are the request's answer canvas, not part of its prompt.
+
+Classifier-free guidance follows upstream. Text to image: the unconditional
+prompt is the empty one (or ``negative_prompt``), and by default (``uncond_prefix=
+"upstream"``) it keeps upstream's ``resolution + 1 = 513``-token prefix, so its
+first 383 image slots stay masked; ``"text"`` shares every image slot
+(Show-o's intent, the text slot alone). Text to speech: the same text, with
+every speech slot masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dynin_vllm.multimodal.ids import VocabLayout
+
+BOS, EOS = 126080, 126081
+MASK = 126336
+SOI, EOI, SOA = 126084, 126085, 126097
+T2I, I2I, T2S = 126088, 126095, 126099
+#: Upstream's text slots (``max_seq_length + 1``; TTS ``max_seq_length_text +
+#: 1``): longer texts are cut to ``slot - 1`` ids plus EOS, as upstream does.
+IMAGE_TEXT_SLOT = 129
+SPEECH_TEXT_SLOT = 1025
+#: Upstream's unconditional prefix of ``t2i_generate`` (``resolution + 1``).
+T2I_UNCOND_PREFIX = 513
+UNCOND_PREFIXES = ("upstream", "text")
+#: MAGVIT-v2 downsamples by 16: one code per 16x16 pixels.
+PIXELS_PER_CODE = 16
+#: Defaults of upstream's scripts (``validation/speech.py``).
+SPEECH_SLOTS = 383
+SPEECH_INSTRUCTION = "Generate speech for the given text."
+
+
+def chat_turn(text: str) -> str:
+    """Upstream's single user turn, ending with the assistant header."""
+    return (
+        "<|start_header_id|>user<|end_header_id|>\n"
+        + text
+        + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n"
+    )
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One request: pass ``prompt`` and ``sampling_params`` to ``LLM.generate``."""
+
+    prompt: dict[str, Any]  # a ``TokensPrompt``
+    sampling_params: Any  # ``vllm.SamplingParams``
+    task: str
+    num_slots: int  # image codes or speech units it generates
+    grid: tuple[int, int] | None = None  # image code rows and columns
+
+
+def _text_slot(task_token: int, ids: Sequence[int], slot: int) -> list[int]:
+    ids = list(ids)
+    if not ids or ids[0] != BOS:
+        ids = [BOS, *ids]
+    tokens = [task_token, *ids, EOS]
+    return tokens if len(tokens) <= slot else [*tokens[: slot - 1], EOS]
+
+
+def image_grid(size: int | tuple[int, int]) -> tuple[int, int]:
+    """Code rows and columns of a ``size`` (pixels, or ``(width, height)``)."""
+    width, height = (size, size) if isinstance(size, int) else size
+    for name, value in (("width", width), ("height", height)):
+        if value < PIXELS_PER_CODE or value % PIXELS_PER_CODE:
+            raise ValueError(
+                f"image {name} must be a positive multiple of {PIXELS_PER_CODE}, "
+                f"got {value}"
+            )
+    return height // PIXELS_PER_CODE, width // PIXELS_PER_CODE
+
+
+def _sampling_params(
+    max_tokens: int, temperature: float, seed: int | None, extra: dict[str, Any]
+) -> Any:
+    from vllm import SamplingParams
+
+    extra = {k: v for k, v in extra.items() if v is not None}
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        ignore_eos=True,
+        skip_special_tokens=False,
+        detokenize=False,
+        extra_args=extra,
+    )
+
+
+def image_generation_request(
+    tokenizer: Any,
+    prompt: str,
+    *,
+    size: int | tuple[int, int] = 512,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    negative_prompt: str | None = None,
+    uncond_prefix: str = "upstream",
+    temperature: float = 1.0,
+    seed: int | None = None,
+    mode: str | None = None,
+) -> GenerationRequest:
+    """Text to image (``t2i_generate``): MaskGIT over ``size``'s image codes.
+
+    ``steps`` defaults to 20 and ``guidance_scale`` to 3.5 (the server's
+    defaults for the task apply when unset); ``temperature`` scales the
+    re-masking noise (candidates are drawn at temperature 1; 0 is greedy).
+    """
+    if uncond_prefix not in UNCOND_PREFIXES:
+        raise ValueError(f"uncond_prefix must be one of {UNCOND_PREFIXES}")
+    layout = VocabLayout.from_tokenizer(tokenizer)
+    rows, cols = image_grid(size)
+    slots = rows * cols
+
+    def text_ids(text: str) -> list[int]:
+        ids = tokenizer(text, truncation=True, max_length=IMAGE_TEXT_SLOT)["input_ids"]
+        return [*_text_slot(T2I, ids, IMAGE_TEXT_SLOT), SOI]
+
+    masked = 0
+    if uncond_prefix == "upstream":
+        masked = max(0, min(slots, T2I_UNCOND_PREFIX - IMAGE_TEXT_SLOT - 1))
+    extra = {
+        "task": "image_generation",
+        "canvas": [MASK] * slots + [EOI],
+        "allowed_token_ranges": [[layout.image_offset, layout.speech_offset]],
+        "uncond_prompt_token_ids": text_ids(negative_prompt or ""),
+        "uncond_masked_slots": masked,
+        "steps": steps,
+        "cfg_scale": guidance_scale,
+        "mode": mode,
+    }
+    return GenerationRequest(
+        prompt={"prompt_token_ids": text_ids(prompt)},
+        sampling_params=_sampling_params(slots + 1, temperature, seed, extra),
+        task="image_generation",
+        num_slots=slots,
+        grid=(rows, cols),
+    )
+
+
+def speech_generation_request(
+    tokenizer: Any,
+    text: str,
+    *,
+    instruction: str = SPEECH_INSTRUCTION,
+    num_slots: int = SPEECH_SLOTS,
+    steps: int | None = None,
+    block_length: int | None = None,
+    guidance_scale: float | None = None,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    mode: str | None = None,
+) -> GenerationRequest:
+    """Text to speech (``t2s_generate_mmu_like``) over ``num_slots`` units.
+
+    Defaults (the server's for the task when unset): one step per slot, blocks
+    of 128, guidance 2.5. Upstream has no greedy path; ``temperature=0`` is
+    this engine's extension (argmax).
+    """
+    if num_slots < 1:
+        raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+    layout = VocabLayout.from_tokenizer(tokenizer)
+    ids = tokenizer(chat_turn(f"{instruction}\n{text}"))["input_ids"]
+    prompt = [*_text_slot(T2S, ids, SPEECH_TEXT_SLOT), SOA]
+    start = layout.speech_offset
+    extra = {
+        "task": "speech_generation",
+        "allowed_token_ranges": [
+            [start, start + layout.speech_codebook_size],
+            [layout.eoa_id, layout.eoa_id + 1],
+            [layout.eos_id, layout.eos_id + 1],
+        ],
+        "uncond_prompt_token_ids": prompt,
+        "uncond_masked_slots": num_slots,
+        "steps": steps,
+        "block_length": block_length,
+        "cfg_scale": guidance_scale,
+        "mode": mode,
+    }
+    return GenerationRequest(
+        prompt={"prompt_token_ids": prompt},
+        sampling_params=_sampling_params(num_slots, temperature, seed, extra),
+        task="speech_generation",
+        num_slots=num_slots,
+    )
+
+
+def image_codes(request: GenerationRequest, token_ids: Sequence[int], tokenizer: Any):
+    """The generated image's codes, ``[rows, cols]`` (an output's token ids)."""
+    layout = VocabLayout.from_tokenizer(tokenizer)
+    ids = torch.as_tensor(list(token_ids)[: request.num_slots], dtype=torch.long)
+    if ids.numel() != request.num_slots:
+        raise ValueError(
+            f"expected {request.num_slots} image ids, got {ids.numel()} "
+            "(did the request finish?)"
+        )
+    codes = layout.ids_to_image_codes(ids)
+    return codes.view(*request.grid)
+
+
+def speech_units(token_ids: Sequence[int], tokenizer: Any) -> list[int]:
+    """The generated units, cut at the first ``<|eoa|>``, EOS or other id, as
+    upstream cuts them."""
+    layout = VocabLayout.from_tokenizer(tokenizer)
+    units: list[int] = []
+    start, end = (
+        layout.speech_offset,
+        layout.speech_offset + layout.speech_codebook_size,
+    )
+    for token in token_ids:
+        if not start <= token < end:
+            break
+        units.append(int(token) - start)
+    return units
+
+
+__all__ = [
+    "GenerationRequest",
+    "image_codes",
+    "image_generation_request",
+    "image_grid",
+    "speech_generation_request",
+    "speech_units",
+]

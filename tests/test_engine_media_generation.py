@@ -1,0 +1,209 @@
+"""Text to image and text to speech in the engine equal the reference samplers.
+
+The requests come from ``dynin_vllm.multimodal.generation`` (upstream's layout
+without the pads, the canvas as the answer); the references
+(``dynin_vllm.reference.media_generation``) run upstream's padded layouts with
+key masks and full recomputation, and build the unconditional rows as upstream
+does. At temperature 0 in ``exact`` mode the engine must match token for
+token: alone, batched with each other and with text, and with guidance on and
+off. Short schedules keep float32 rounding from flipping near-ties (dynin.md
+§5.3: two implementations agree for about 12 guided steps).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dynin_vllm.multimodal.generation import (
+    image_generation_request,
+    speech_generation_request,
+)
+from dynin_vllm.reference import prompts as layouts
+from dynin_vllm.reference.media_generation import (
+    T2I_UNCOND_PREFIX,
+    maskgit_generate,
+    speech_generate,
+)
+from dynin_vllm.reference.sampler import generate as reference_generate
+
+pytestmark = pytest.mark.engine
+
+PROMPT = "a red cube on a blue sphere"
+SPEECH_TEXT = "Hello there, how are you?"
+TTS_SLOTS, TTS_BLOCK = 24, 8
+
+#: name: (task, builder options). 336 px has 441 image slots, so upstream's
+#: uncond prefix masks 383 of them and the branch shows the other 58.
+CASES = {
+    "t2i-upstream-prefix": ("image", {"size": 336, "steps": 4, "guidance_scale": 3.5}),
+    "t2i-text-prefix": (
+        "image",
+        {"size": 336, "steps": 4, "guidance_scale": 3.5, "uncond_prefix": "text"},
+    ),
+    "t2i-no-cfg": ("image", {"size": 128, "steps": 6, "guidance_scale": 0.0}),
+    "tts-cfg": ("speech", {"guidance_scale": 2.5}),
+    "tts-no-cfg": ("speech", {"guidance_scale": 0.0}),
+}
+
+
+def _request(tokenizer, name: str, **overrides):
+    task, options = CASES[name]
+    options = {"temperature": 0.0, **options, **overrides}
+    if task == "image":
+        return image_generation_request(tokenizer, PROMPT, **options)
+    return speech_generation_request(
+        tokenizer,
+        SPEECH_TEXT,
+        num_slots=TTS_SLOTS,
+        steps=TTS_SLOTS,
+        block_length=TTS_BLOCK,
+        **options,
+    )
+
+
+def _reference(model, tokenizer, name: str) -> list[int]:
+    """The engine's expected answer: image ids plus ``<|eoi|>``, or the
+    speech region."""
+    task, options = CASES[name]
+    offset = len(tokenizer)
+    if task == "speech":
+        ids, mask = layouts.t2s_prompt(
+            tokenizer, SPEECH_TEXT, "Generate speech for the given text.", TTS_SLOTS
+        )
+        region, _ = speech_generate(
+            model,
+            ids,
+            mask,
+            speech_start=offset + layouts.IMAGE_CODEBOOK,
+            steps=TTS_SLOTS,
+            block_length=TTS_BLOCK,
+            cfg_scale=options["guidance_scale"],
+            temperature=0.0,
+        )
+        return region
+    side = options["size"] // 16
+    slots = side * side
+    ids, mask = layouts.t2i_prompt(tokenizer, PROMPT, slots)
+    uncond, uncond_mask = layouts.t2i_prompt(tokenizer, "", slots)
+    prefix = (
+        layouts.T2I_TEXT_SLOT
+        if options.get("uncond_prefix") == "text"
+        else T2I_UNCOND_PREFIX
+    )
+    codes = maskgit_generate(
+        model,
+        ids,
+        mask,
+        num_slots=slots,
+        codebook_start=offset,
+        steps=options["steps"],
+        guidance_scale=options["guidance_scale"],
+        uncond_prompt=uncond,
+        uncond_attention_mask=uncond_mask,
+        uncond_prefix_len=prefix,
+        temperature=0.0,
+    )
+    return [offset + c for c in codes] + [layouts.EOI]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(dynin_checkpoint):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(dynin_checkpoint))
+
+
+@pytest.fixture(scope="module")
+def expected(reference_model, tokenizer):
+    return {name: _reference(reference_model, tokenizer, name) for name in CASES}
+
+
+@pytest.fixture(scope="module")
+def llm(dynin_checkpoint):
+    """An engine whose context holds the generation layouts (beside the
+    shared 512-token one)."""
+    from tests.engine_utils import make_llm, shutdown
+
+    engine = make_llm(dynin_checkpoint, max_model_len=1536, gpu_memory_utilization=0.15)
+    yield engine
+    shutdown(engine)
+
+
+def _generate(llm, requests):
+    outputs = llm.generate(
+        [r.prompt for r in requests],
+        [r.sampling_params for r in requests],
+        use_tqdm=False,
+    )
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_request_alone_matches_the_reference(llm, tokenizer, expected, name):
+    (got,) = _generate(llm, [_request(tokenizer, name)])
+    assert got == expected[name]
+
+
+def test_batched_with_each_other_and_text_matches_the_reference(
+    llm, tokenizer, expected, reference_model
+):
+    from vllm import SamplingParams
+
+    text_prompt = [
+        126080,
+        *tokenizer(layouts.chat_turn("Tell me a story."))["input_ids"],
+    ]
+    text = reference_generate(
+        reference_model, text_prompt, gen_length=16, block_length=8, mode="exact"
+    )
+    names = list(CASES)
+    requests = [_request(tokenizer, n) for n in names]
+    outputs = llm.generate(
+        [r.prompt for r in requests] + [{"prompt_token_ids": text_prompt}],
+        [r.sampling_params for r in requests]
+        + [
+            SamplingParams(
+                max_tokens=16,
+                temperature=0,
+                ignore_eos=True,
+                extra_args={"block_length": 8, "mode": "exact"},
+            )
+        ],
+        use_tqdm=False,
+    )
+    for name, out in zip(names, outputs, strict=False):
+        assert list(out.outputs[0].token_ids) == expected[name], name
+    assert list(outputs[-1].outputs[0].token_ids) == text.answer
+
+
+def test_the_unconditional_prefix_variant_matters(expected):
+    # Otherwise the parity above would not tell the two variants apart.
+    assert expected["t2i-upstream-prefix"] != expected["t2i-text-prefix"]
+    assert expected["tts-cfg"] != expected["tts-no-cfg"]
+
+
+def test_seeded_sampling_is_the_same_alone_and_batched(llm, tokenizer):
+    def sampled(name: str):
+        return _request(tokenizer, name, temperature=1.0, seed=1234)
+
+    alone = [
+        _generate(llm, [sampled(n)])[0] for n in ("t2i-upstream-prefix", "tts-cfg")
+    ]
+    batched = _generate(
+        llm,
+        [
+            sampled("t2i-upstream-prefix"),
+            _request(tokenizer, "t2i-no-cfg", temperature=1.0, seed=5),
+            sampled("tts-cfg"),
+            _request(tokenizer, "tts-no-cfg", temperature=1.0, seed=6),
+        ],
+    )
+    assert batched[0] == alone[0] and batched[2] == alone[1]
+    other_seed = _generate(
+        llm, [_request(tokenizer, "t2i-upstream-prefix", temperature=1.0, seed=99)]
+    )[0]
+    assert other_seed != alone[0]
+    # Sampled image slots hold image codes only; speech slots units or ends.
+    assert all(126464 <= t < 126464 + 8192 for t in alone[0][:-1])
+    speech = set(range(126464 + 8192, 126464 + 8192 + 4096)) | {126098, 126081}
+    assert set(alone[1]) <= speech
