@@ -71,8 +71,10 @@ def uniform_rows(
     step: torch.Tensor,
     position: torch.Tensor,
     width: int,
+    first_column: int = 0,
 ) -> torch.Tensor:
-    """A ``[rows, width]`` float64 block of uniforms, one row per key."""
+    """A ``[rows, width]`` float64 block of uniforms, one row per key, for
+    columns ``first_column, ..., first_column + width - 1``."""
     keys = row_keys(seed, stream, step, position)
-    index = torch.arange(width, device=keys.device)
+    index = torch.arange(first_column, first_column + width, device=keys.device)
     return uniform(keys[:, None], index[None, :])

@@ -87,8 +87,18 @@ def score_rows_torch(
                     chunk, uncond_logits[rows].to(torch.float64), scale, cfg_formula
                 )
                 chunk = torch.where((scale > 0)[:, None], guided, chunk)
+        first = 0
         if allowed is not None:
-            chunk = restrict(chunk, allowed[rows])
+            # Only the columns the chunk's ranges span are scored: the others
+            # are -inf, never chosen and worth 0 in the softmax.
+            ranges = allowed[rows]
+            used = ranges[..., 1] > ranges[..., 0]
+            if bool(used.any(dim=1).all()):
+                first = int(ranges[..., 0][used].min())
+                last = int(ranges[..., 1][used].max())
+            else:  # a row allows nothing: keep every column (argmax gives 0)
+                last = chunk.shape[-1]
+            chunk = restrict(chunk[:, first:last], ranges - first)
         best, chosen = chunk.max(dim=-1)
         temp = temperature[rows].to(torch.float64)
         hot = temp > 0
@@ -99,6 +109,7 @@ def score_rows_torch(
                 step[rows][hot],
                 position[rows][hot],
                 chunk.shape[-1],
+                first,
             )
             perturbed = (
                 chunk[hot].double().exp() / (-torch.log(u)) ** temp[hot][:, None]
@@ -109,7 +120,7 @@ def score_rows_torch(
         shifted = chunk - best[:, None]
         total = torch.exp(shifted).sum(dim=-1, dtype=torch.float64)
         picked = shifted.gather(-1, chosen[:, None]).squeeze(-1).double()
-        ids[rows] = chosen
+        ids[rows] = chosen + first
         conf[rows] = torch.exp(picked) / total
     return ids, conf
 
