@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from transformers import AutoTokenizer
 
 from dynin_vllm.reference.likelihood import log_likelihood
 from dynin_vllm.reference.media_prompts import (
@@ -117,9 +118,12 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
             use_tqdm=False,
         )
         outputs, scored = outputs[: len(cases)], outputs[len(cases) :]
-        # An image and an audio request through the same tiny cache.
+        # An image and an audio request through the same tiny cache, and a
+        # guided image generation and speech synthesis (CFG pairs).
+        tokenizer = AutoTokenizer.from_pretrained(str(dynin_checkpoint))
+        generating = _generation_requests(tokenizer)
         media_config = {"mode": "prefix", "block_length": 8, "steps": 48}
-        pictured, heard = llm.generate(
+        pictured, heard, *generated = llm.generate(
             [
                 {
                     "prompt": chat_turn(QUESTION),
@@ -130,12 +134,14 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
                     "prompt": chat_turn(QUESTION),
                     "multi_modal_data": {"audio": (CLIP, 16000)},
                 },
+                *[r.prompt for r in generating],
                 *[{"prompt_token_ids": prompt} for _, prompt, _ in cases[:3]],
             ],
             [_params(media_config), _params(media_config)]
+            + [r.sampling_params for r in generating]
             + [_params(config) for _, _, config in cases[:3]],
             use_tqdm=False,
-        )[:2]
+        )[: 2 + len(generating)]
         assert stats.preemptions > 0
         # A CFG pair that can never fit the cache fails instead of spinning.
         too_big = llm.generate(
@@ -155,9 +161,11 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
         assert list(out.outputs[0].token_ids) == want.answer, name
         assert list(out.prompt_token_ids) == want.prompt, name
     assert not likelihood_mismatches(reference_model, scored)
-    from transformers import AutoTokenizer
-
     from dynin_vllm.multimodal.image_tokenizer import load_magvit2
+
+    assert [list(o.outputs[0].token_ids) for o in generated] == (
+        _generation_references(reference_model, tokenizer)
+    )
 
     prompt = image_understanding_prompt(
         AutoTokenizer.from_pretrained(str(dynin_checkpoint)),
@@ -185,6 +193,58 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
     assert list(heard.outputs[0].token_ids) == want.answer
     assert too_big.outputs[0].finish_reason == "error"
     assert list(healthy.outputs[0].token_ids) == list(outputs[0].outputs[0].token_ids)
+
+
+def _generation_requests(tokenizer):
+    from dynin_vllm.multimodal.generation import (
+        image_generation_request,
+        speech_generation_request,
+    )
+
+    return [
+        image_generation_request(
+            tokenizer, QUESTION, size=64, steps=4, temperature=0.0
+        ),
+        speech_generation_request(
+            tokenizer, QUESTION, num_slots=16, block_length=8, temperature=0.0
+        ),
+    ]
+
+
+def _generation_references(model, tokenizer) -> list[list[int]]:
+    from dynin_vllm.reference import prompts
+    from dynin_vllm.reference.media_generation import (
+        maskgit_generate,
+        speech_generate,
+    )
+
+    ids, mask = prompts.t2i_prompt(tokenizer, QUESTION, 16)
+    uncond, uncond_mask = prompts.t2i_prompt(tokenizer, "", 16)
+    codes = maskgit_generate(
+        model,
+        ids,
+        mask,
+        num_slots=16,
+        codebook_start=len(tokenizer),
+        steps=4,
+        guidance_scale=3.5,
+        uncond_prompt=uncond,
+        uncond_attention_mask=uncond_mask,
+        temperature=0.0,
+    )
+    ids, mask = prompts.t2s_prompt(
+        tokenizer, QUESTION, "Generate speech for the given text.", 16
+    )
+    region, _ = speech_generate(
+        model,
+        ids,
+        mask,
+        speech_start=len(tokenizer) + prompts.IMAGE_CODEBOOK,
+        steps=16,
+        block_length=8,
+        cfg_scale=2.5,
+    )
+    return [[len(tokenizer) + c for c in codes] + [prompts.EOI], region]
 
 
 def test_abort_mid_denoise_frees_the_kv_cache(dynin_llm):
