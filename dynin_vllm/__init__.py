@@ -62,6 +62,10 @@ def register() -> None:
 
     vllm_private.check_rendered_requests(settle_rendered_request)
     vllm_private.refuse_decompression_bombs_as_bad_input()
+    # OpenAI's image and speech endpoints in ``vllm serve``, with no flag.
+    from dynin_vllm.serving.media_endpoints import MediaEndpoints
+
+    vllm_private.mount_endpoint_plugin(MediaEndpoints)
     from dynin_vllm.serving.log_filters import log_torchcodec_fallback_once
 
     log_torchcodec_fallback_once()

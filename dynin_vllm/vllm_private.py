@@ -367,6 +367,13 @@ CALL_KEYWORDS: dict[str, tuple[str, ...]] = {
 #: vLLM callables we call with positional arguments: their exact parameters.
 CALL_SIGNATURES: dict[str, tuple[str, ...]] = {
     "vllm.v1.metrics.stats:RequestSpecDecodeMetrics.new": ("num_spec_tokens",),
+    # Wrapped (mount_endpoint_plugin); the caller imports it from vllm.plugins
+    # at call time, which is what makes the wrapper take effect.
+    "vllm.plugins:load_endpoint_plugins": ("supported_tasks",),
+    "vllm.plugins.endpoint_plugins.interface:attach_endpoint_plugins": (
+        "app",
+        "supported_tasks",
+    ),
 }
 
 #: Dataclass fields we set with ``dataclasses.replace``.
@@ -377,6 +384,7 @@ REPLACED_FIELDS: dict[str, tuple[str, ...]] = {
 #: Module attributes we swap (for a while, or for good).
 PATCHED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "vllm.v1.worker.cpu_worker": ("CPUModelRunner",),
+    "vllm.plugins": ("load_endpoint_plugins",),
     "vllm.v1.engine.llm_engine": ("StatLoggerManager",),
 }
 
@@ -626,3 +634,37 @@ def new_request(like: Any, **fields: Any) -> Any:
         priority=like.priority,
         **fields,
     )
+
+
+def mount_endpoint_plugin(factory: Callable[[], Any]) -> None:
+    """Serve an endpoint plugin's routes in ``vllm serve`` without
+    ``VLLM_PLUGINS``.
+
+    vLLM loads ``vllm.endpoint_plugins`` entry points only when
+    ``VLLM_PLUGINS`` names them, and that variable is also the allowlist of
+    every general plugin, so setting it for the user would change what else
+    loads. ``attach_endpoint_plugins`` imports ``load_endpoint_plugins`` from
+    ``vllm.plugins`` when ``build_app`` calls it; the wrapper adds
+    ``factory()``'s plugin to what it returns, gated on the plugin's
+    ``required_tasks`` as vLLM gates its own. Idempotent.
+    """
+    import vllm.plugins as plugins
+
+    original = plugins.load_endpoint_plugins
+    if getattr(original, "__dynin_wrapped__", False):
+        return
+
+    @functools.wraps(original)
+    def load_endpoint_plugins(supported_tasks: Any = None) -> list[Any]:
+        loaded = list(original(supported_tasks))
+        plugin = factory()
+        required = plugin.required_tasks
+        eligible = required is None or (
+            supported_tasks is not None and set(required) & set(supported_tasks)
+        )
+        if eligible and all(p.name != plugin.name for p in loaded):
+            loaded.append(plugin)
+        return loaded
+
+    load_endpoint_plugins.__dynin_wrapped__ = True  # type: ignore[attr-defined]
+    plugins.load_endpoint_plugins = load_endpoint_plugins

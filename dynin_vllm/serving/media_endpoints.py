@@ -1,0 +1,456 @@
+"""OpenAI's image-generation and speech endpoints for Dynin-Omni in ``vllm serve``.
+
+- ``POST /v1/images/generations`` (JSON): text to image;
+- ``POST /v1/audio/speech`` (JSON): text to speech, raw audio bytes back.
+
+Each request becomes engine requests built by
+``dynin_vllm.multimodal.generation`` (one per image of ``n``), denoised in the
+engine's steps beside every other request; the codes are then decoded by the
+MAGVIT-v2 decoder or EMOVA's U2S off the event loop, one decode at a time per
+codec. The routes mount from the plugin itself
+(``vllm_private.mount_endpoint_plugin``: vLLM loads endpoint plugins only when
+``VLLM_PLUGINS`` names them). On a server whose model is not Dynin-Omni they
+answer 404.
+
+Errors follow vLLM's shape (``{"error": {"message", "type", "param",
+"code"}}``); a bad field gets a 400 naming it, and nothing reaches the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from vllm.logger import init_logger
+
+from dynin_vllm.multimodal import loading
+from dynin_vllm.multimodal.generation import (
+    IMAGE_TEXT_SLOT,
+    PIXELS_PER_CODE,
+    SPEECH_SLOTS,
+    image_codes,
+    image_generation_request,
+    speech_generation_request,
+    speech_units,
+)
+from dynin_vllm.serving.media_encoding import (
+    AUDIO_FORMATS,
+    AUDIO_MEDIA_TYPES,
+    IMAGE_FORMATS,
+    audio_bytes,
+    image_b64,
+)
+
+logger = init_logger(__name__)
+
+#: Architectures these endpoints serve.
+ARCHITECTURES = ("DyninOmniModelLM",)
+MAX_IMAGES = 8
+#: The largest image side (pixels); a size must also fit the context.
+MAX_IMAGE_SIDE = 1024
+DEFAULT_IMAGE_SIZE = "512x512"
+MAX_SPEECH_INPUT = 4096  # characters, as OpenAI
+MAX_STEPS = 1024
+MAX_GUIDANCE = 50.0
+MAX_TEMPERATURE = 10.0
+
+#: OpenAI's voices as EMOVA style conditions (gender, emotion, speed, pitch).
+OPENAI_VOICES: dict[str, tuple[str, str, str, str]] = {
+    "alloy": ("female", "neutral", "normal", "normal"),
+    "ash": ("male", "neutral", "normal", "normal"),
+    "ballad": ("male", "sad", "slow", "normal"),
+    "cedar": ("male", "neutral", "normal", "low"),
+    "coral": ("female", "happy", "normal", "normal"),
+    "echo": ("male", "neutral", "normal", "low"),
+    "fable": ("female", "neutral", "normal", "high"),
+    "marin": ("female", "neutral", "slow", "normal"),
+    "nova": ("female", "happy", "normal", "high"),
+    "onyx": ("male", "neutral", "slow", "low"),
+    "sage": ("female", "neutral", "slow", "low"),
+    "shimmer": ("female", "surprised", "normal", "high"),
+    "verse": ("male", "happy", "normal", "normal"),
+}
+
+
+class BadField(ValueError):
+    """A request field is invalid (HTTP 400 naming it)."""
+
+    def __init__(self, param: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.param = param
+        self.status = status
+
+
+def _error(message: str, param: str | None, status: int) -> JSONResponse:
+    kind = {400: "BadRequestError", 404: "NotFoundError"}.get(
+        status, "InternalServerError"
+    )
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": status}},
+        status_code=status,
+    )
+
+
+def voice_condition(voice: Any) -> str:
+    """The EMOVA style condition of ``voice`` (a condition or an OpenAI voice)."""
+    from dynin_vllm.multimodal.emova import STYLE_CONDITIONS
+
+    if isinstance(voice, dict):  # the SDK's {"id": ...} custom-voice form
+        voice = voice.get("id")
+    if not isinstance(voice, str) or not voice:
+        raise BadField("voice", "voice is required: an OpenAI voice or an EMOVA style")
+    if voice in STYLE_CONDITIONS:
+        return voice
+    if voice in OPENAI_VOICES:
+        g, e, s, p = OPENAI_VOICES[voice]
+        return f"gender-{g}_emotion-{e}_speed-{s}_pitch-{p}"
+    raise BadField(
+        "voice",
+        f"unknown voice {voice!r}: use one of {sorted(OPENAI_VOICES)} or an EMOVA "
+        "style such as 'gender-female_emotion-neutral_speed-normal_pitch-normal'",
+    )
+
+
+# --- field checks -----------------------------------------------------------
+def _text(body: dict, name: str, *, required: bool, limit: int | None = None):
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise BadField(name, f"'{name}' must be a non-empty string")
+    if limit is not None and len(value) > limit:
+        raise BadField(name, f"'{name}' is longer than {limit} characters")
+    return value
+
+
+def _number(body: dict, name: str, default: Any, lo: float, hi: float, integer=False):
+    value = body.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadField(name, f"'{name}' must be a number, got {value!r}")
+    if integer and (isinstance(value, float) and not value.is_integer()):
+        raise BadField(name, f"'{name}' must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise BadField(name, f"'{name}' must be in [{lo}, {hi}], got {value}")
+    return int(value) if integer else float(value)
+
+
+def _choice(body: dict, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = body.get(name) or default
+    if value not in choices:
+        raise BadField(name, f"'{name}' must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def parse_size(value: Any, max_model_len: int) -> tuple[int, int]:
+    """``"WxH"`` (multiples of 16, at most :data:`MAX_IMAGE_SIDE`, and a layout
+    that fits the context) as ``(width, height)``."""
+    if value in (None, "auto"):
+        value = DEFAULT_IMAGE_SIZE
+    try:
+        width, height = (int(v) for v in str(value).lower().split("x"))
+    except ValueError:
+        raise BadField(
+            "size", f"'size' must look like '512x512', got {value!r}"
+        ) from None
+    for side in (width, height):
+        if side < PIXELS_PER_CODE or side % PIXELS_PER_CODE or side > MAX_IMAGE_SIDE:
+            raise BadField(
+                "size",
+                f"'size' sides must be multiples of {PIXELS_PER_CODE} between "
+                f"{PIXELS_PER_CODE} and {MAX_IMAGE_SIDE}, got {value!r}",
+            )
+    slots = (width // PIXELS_PER_CODE) * (height // PIXELS_PER_CODE)
+    if IMAGE_TEXT_SLOT + slots + 2 > max_model_len:
+        raise BadField(
+            "size",
+            f"'size' {value} needs {IMAGE_TEXT_SLOT + slots + 2} tokens; the "
+            f"model's context holds {max_model_len}",
+        )
+    return width, height
+
+
+# --- the codecs ---------------------------------------------------------------
+@dataclass
+class Codecs:
+    """The model's decoders, loaded on first use; one decode at a time each."""
+
+    model: str
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._magvit = None
+        self._emova = None
+
+    def _load(self, which: str):
+        if which == "magvit":
+            from dynin_vllm.multimodal.image_tokenizer import load_magvit2
+
+            env, subdir, repo = (
+                loading.MAGVIT_PATH_ENV,
+                loading.MAGVIT_SUBDIR,
+                loading.MAGVIT_DEFAULT_REPO,
+            )
+            loader = load_magvit2
+        else:
+            from dynin_vllm.multimodal.emova import load_emova
+
+            env, subdir, repo = (
+                loading.EMOVA_PATH_ENV,
+                loading.EMOVA_SUBDIR,
+                loading.EMOVA_DEFAULT_REPO,
+            )
+            loader = load_emova
+        directory = loading.locate_codec(
+            self.model, env_var=env, subdir=subdir, default_repo=repo
+        )
+        return loader(directory).float().eval()
+
+    def magvit(self):
+        with self._lock:
+            if self._magvit is None:
+                self._magvit = self._load("magvit")
+            return self._magvit
+
+    def emova(self):
+        with self._lock:
+            if self._emova is None:
+                self._emova = self._load("emova")
+            return self._emova
+
+    def decode_images(self, codes: list, grid: tuple[int, int]):
+        """Codes ``[n, rows, cols]`` -> ``n`` uint8 images (one batched decode)."""
+        import torch
+
+        from dynin_vllm.multimodal.media import postprocess_images
+
+        magvit = self.magvit()
+        with self._lock, torch.no_grad():
+            batch = torch.stack([c.reshape(-1) for c in codes])
+            return postprocess_images(magvit.decode(batch, grid))
+
+    def synthesize(self, units: list[int], condition: str, speed: float, seed):
+        import numpy as np
+        import torch
+
+        emova = self.emova()
+        if not units:
+            return np.zeros(0, dtype=np.float32), emova.output_sample_rate
+        generator = None
+        if seed is not None:
+            generator = torch.Generator().manual_seed(int(seed) % (1 << 63))
+        with self._lock:
+            out = emova.decode(
+                units, condition, generator=generator, length_scale=1.0 / speed
+            )
+        return out.waveform, out.sample_rate
+
+
+# --- serving ------------------------------------------------------------------
+class MediaServing:
+    """Per-server state of the media endpoints."""
+
+    def __init__(self, engine_client: Any):
+        self.engine = engine_client
+        config = engine_client.model_config
+        self.model = config.model
+        self.served_name = getattr(config, "served_model_name", None) or config.model
+        self.max_model_len = config.max_model_len
+        self.codecs = Codecs(config.model)
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        return self.engine.renderer.get_tokenizer()
+
+    async def _run(self, request: Any, request_id: str) -> Any:
+        final = None
+        async for output in self.engine.generate(
+            request.prompt, request.sampling_params, request_id
+        ):
+            final = output
+        if final is None or not final.finished:
+            raise RuntimeError("the engine returned no final output")
+        completion = final.outputs[0]
+        if completion.finish_reason == "error":
+            raise RuntimeError("the engine failed the request")
+        return final
+
+    async def images(self, body: dict) -> dict:
+        prompt = _text(body, "prompt", required=True)
+        n = _number(body, "n", 1, 1, MAX_IMAGES, integer=True)
+        width, height = parse_size(body.get("size"), self.max_model_len)
+        _choice(body, "response_format", "b64_json", ("b64_json",))
+        output_format = _choice(body, "output_format", "png", IMAGE_FORMATS)
+        if body.get("stream"):
+            raise BadField("stream", "streaming image generation is not supported yet")
+        options = {
+            "steps": _number(body, "num_inference_steps", None, 1, MAX_STEPS, True),
+            "guidance_scale": _number(body, "guidance_scale", None, 0, MAX_GUIDANCE),
+            "temperature": _number(body, "temperature", 1.0, 0, MAX_TEMPERATURE),
+            "negative_prompt": _text(body, "negative_prompt", required=False),
+        }
+        seed = _number(body, "seed", None, -(2**63), 2**63 - 1, integer=True)
+        base = f"img-{uuid.uuid4().hex}"
+        requests = [
+            image_generation_request(
+                self.tokenizer,
+                prompt,
+                size=(width, height),
+                seed=None if seed is None else seed + i,
+                **options,
+            )
+            for i in range(n)
+        ]
+        await asyncio.to_thread(self._require, "magvit")
+        outputs = await asyncio.gather(
+            *(self._run(r, f"{base}-{i}") for i, r in enumerate(requests))
+        )
+        codes = [
+            image_codes(r, o.outputs[0].token_ids, self.tokenizer)
+            for r, o in zip(requests, outputs, strict=True)
+        ]
+        pixels = await asyncio.to_thread(
+            self.codecs.decode_images, codes, requests[0].grid
+        )
+        data = [
+            {"b64_json": await asyncio.to_thread(image_b64, p, output_format)}
+            for p in pixels
+        ]
+        input_tokens = len(outputs[0].prompt_token_ids or ())
+        output_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+        return {
+            "created": int(time.time()),
+            "data": data,
+            "output_format": output_format,
+            "size": f"{width}x{height}",
+            "usage": {
+                "input_tokens": input_tokens,
+                "input_tokens_details": {
+                    "text_tokens": input_tokens,
+                    "image_tokens": 0,
+                },
+                "output_tokens": output_tokens,
+                "total_tokens": input_tokens + output_tokens,
+            },
+        }
+
+    def _require(self, which: str) -> None:
+        """Load a codec now, or fail the request saying what to download."""
+        try:
+            self.codecs.magvit() if which == "magvit" else self.codecs.emova()
+        except loading.CheckpointError as exc:
+            raise BadField("model", str(exc)) from exc
+
+    async def speech(self, body: dict) -> tuple[bytes, str]:
+        text = _text(body, "input", required=True, limit=MAX_SPEECH_INPUT)
+        condition = voice_condition(body.get("voice"))
+        fmt = _choice(body, "response_format", "wav", AUDIO_FORMATS)
+        speed = _number(body, "speed", 1.0, 0.25, 4.0)
+        if body.get("stream_format") not in (None, "audio"):
+            raise BadField("stream_format", "only 'audio' (the whole file) is served")
+        seed = _number(body, "seed", None, -(2**63), 2**63 - 1, integer=True)
+        slots = _number(
+            body, "max_new_tokens", SPEECH_SLOTS, 1, self.max_model_len, integer=True
+        )
+        request = speech_generation_request(
+            self.tokenizer,
+            text,
+            num_slots=slots,
+            steps=_number(body, "num_inference_steps", None, 1, MAX_STEPS, True),
+            guidance_scale=_number(body, "guidance_scale", None, 0, MAX_GUIDANCE),
+            temperature=_number(body, "temperature", 1.0, 0, MAX_TEMPERATURE),
+            seed=seed,
+        )
+        room = self.max_model_len - len(request.prompt["prompt_token_ids"])
+        if slots > room:
+            raise BadField(
+                "max_new_tokens" if "max_new_tokens" in body else "input",
+                f"the text and {slots} speech slots need "
+                f"{len(request.prompt['prompt_token_ids']) + slots} tokens; the "
+                f"model's context holds {self.max_model_len}",
+            )
+        await asyncio.to_thread(self._require, "emova")
+        output = await self._run(request, f"speech-{uuid.uuid4().hex}")
+        units = speech_units(output.outputs[0].token_ids, self.tokenizer)
+        wave, rate = await asyncio.to_thread(
+            self.codecs.synthesize, units, condition, speed, seed
+        )
+        payload = await asyncio.to_thread(audio_bytes, wave, rate, fmt)
+        return payload, AUDIO_MEDIA_TYPES[fmt]
+
+
+router = APIRouter()
+
+
+def _serving(raw: Request) -> MediaServing | None:
+    return getattr(raw.app.state, "dynin_media", None)
+
+
+async def _json_body(raw: Request) -> dict:
+    try:
+        body = await raw.json()
+    except ValueError as exc:
+        raise BadField("body", f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadField("body", "the body must be a JSON object")
+    return body
+
+
+async def _handle(raw: Request, work) -> Response:
+    serving = _serving(raw)
+    if serving is None:
+        return _error("this endpoint serves Dynin-Omni checkpoints only", None, 404)
+    try:
+        return await work(serving, await _json_body(raw))
+    except BadField as exc:
+        return _error(str(exc), exc.param, exc.status)
+    except ValueError as exc:  # vLLM's validation of the built request
+        return _error(str(exc), getattr(exc, "parameter", None), 400)
+
+
+@router.post("/v1/images/generations")
+async def create_images(raw: Request) -> Response:
+    async def work(serving: MediaServing, body: dict) -> Response:
+        return JSONResponse(await serving.images(body))
+
+    return await _handle(raw, work)
+
+
+@router.post("/v1/audio/speech")
+async def create_speech(raw: Request) -> Response:
+    async def work(serving: MediaServing, body: dict) -> Response:
+        payload, media_type = await serving.speech(body)
+        return Response(content=payload, media_type=media_type)
+
+    return await _handle(raw, work)
+
+
+class MediaEndpoints:
+    """vLLM endpoint plugin (``EndpointPlugin`` protocol) of these routes."""
+
+    name = "dynin-media"
+    required_tasks = ("generate",)
+
+    def attach_router(self, app: FastAPI) -> None:
+        app.include_router(router)
+
+    async def init_state(self, engine_client: Any, state: Any, args: Any) -> None:
+        state.dynin_media = None
+        if engine_client is None:
+            return
+        architectures = (
+            getattr(engine_client.model_config.hf_config, "architectures", None) or ()
+        )
+        if any(a in ARCHITECTURES for a in architectures):
+            state.dynin_media = MediaServing(engine_client)
+
+
+__all__ = ["OPENAI_VOICES", "MediaEndpoints", "MediaServing", "voice_condition"]
