@@ -985,3 +985,239 @@ def test_bad_media_gets_400_naming_the_part_while_good_requests_run(
             break
         time.sleep(0.2)
     assert _metric(base, "vllm:kv_cache_usage_perc") == 0
+
+
+# --- image generation and speech synthesis -------------------------------------
+T2I_SIZE, T2I_SLOTS, T2I_STEPS = 64, 16, 4
+TTS_SLOTS = 16
+TTS_TEXT = "Hello there."
+
+
+def _t2i_reference_pixels(tokenizer, reference_model, magvit, prompt: str):
+    from dynin_vllm.reference import prompts
+    from dynin_vllm.reference.media_generation import maskgit_generate
+
+    ids, mask = prompts.t2i_prompt(tokenizer, prompt, T2I_SLOTS)
+    uncond, uncond_mask = prompts.t2i_prompt(tokenizer, "", T2I_SLOTS)
+    codes = maskgit_generate(
+        reference_model,
+        ids,
+        mask,
+        num_slots=T2I_SLOTS,
+        codebook_start=len(tokenizer),
+        steps=T2I_STEPS,
+        guidance_scale=3.5,
+        uncond_prompt=uncond,
+        uncond_attention_mask=uncond_mask,
+        temperature=0.0,
+    )
+    import torch
+
+    from dynin_vllm.multimodal.media import postprocess_images
+
+    with torch.no_grad():
+        pixels = magvit.decode(torch.tensor([codes]), (4, 4))
+    return postprocess_images(pixels)[0]
+
+
+def _png_pixels(b64: str) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    assert image.format == "PNG"
+    return np.asarray(image.convert("RGB"))
+
+
+def test_image_generation_through_the_sdk_matches_the_reference(
+    server, tokenizer, reference_model, dynin_checkpoint
+):
+    from dynin_vllm.multimodal.image_tokenizer import load_magvit2
+
+    base, model = server
+    client = _openai(base)
+    extra = {"num_inference_steps": T2I_STEPS, "temperature": 0}
+    result = client.images.generate(
+        model=model, prompt="a red cube", size="64x64", n=2, extra_body=extra
+    )
+    assert result.size == "64x64" and result.output_format == "png"
+    assert len(result.data) == 2
+    assert result.usage.output_tokens == 2 * (T2I_SLOTS + 1)
+    magvit = load_magvit2(dynin_checkpoint / "magvitv2").float().eval()
+    want = _t2i_reference_pixels(tokenizer, reference_model, magvit, "a red cube")
+    other = _t2i_reference_pixels(tokenizer, reference_model, magvit, "a green cone")
+    assert np.abs(other.astype(int) - want.astype(int)).max() > 8
+    for item in result.data:
+        got = _png_pixels(item.b64_json)
+        assert got.shape == (64, 64, 3)
+        # The same codes: the decoders (server batch of 2, here one image, other
+        # thread counts) may round a rare pixel channel the other way.
+        diff = np.abs(got.astype(int) - want.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_image_seeds_reproduce_and_n_is_honoured(server):
+    base, model = server
+    client = _openai(base)
+
+    def images(seed: int, n: int = 1, fmt: str = "png") -> list[str]:
+        result = client.images.generate(
+            model=model,
+            prompt="a blue sphere",
+            size="64x32",
+            n=n,
+            output_format=fmt,
+            extra_body={"num_inference_steps": 3, "seed": seed},
+        )
+        return [d.b64_json for d in result.data]
+
+    first = images(11, n=3)
+    assert len(first) == 3 and len(set(first)) == 3  # seeds 11, 12, 13
+    assert images(11) == first[:1]
+    assert images(12) == first[1:2]
+    assert images(99) != first[:1]
+    import base64
+    import io
+
+    from PIL import Image
+
+    for fmt in ("jpeg", "webp"):
+        (data,) = images(11, fmt=fmt)
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert image.format == fmt.upper() and image.size == (64, 32)
+
+
+def test_speech_through_the_sdk_matches_the_reference(
+    server, tokenizer, reference_model, emova
+):
+    import io
+
+    import soundfile as sf
+
+    from dynin_vllm.reference import prompts
+    from dynin_vllm.reference.media_generation import speech_generate
+    from dynin_vllm.serving.media_encoding import audio_bytes
+    from dynin_vllm.serving.media_endpoints import voice_condition
+
+    base, model = server
+    client = _openai(base)
+    extra = {"max_new_tokens": TTS_SLOTS, "temperature": 0, "seed": 7}
+    audio = client.audio.speech.create(
+        model=model, input=TTS_TEXT, voice="coral", extra_body=extra
+    )
+    wave, rate = sf.read(io.BytesIO(audio.content))
+    assert rate == 22050 and wave.ndim == 1 and wave.size > 0
+    ids, mask = prompts.t2s_prompt(
+        tokenizer, TTS_TEXT, "Generate speech for the given text.", TTS_SLOTS
+    )
+    _, units = speech_generate(
+        reference_model,
+        ids,
+        mask,
+        speech_start=len(tokenizer) + prompts.IMAGE_CODEBOOK,
+        steps=TTS_SLOTS,
+        cfg_scale=2.5,
+    )
+    import torch
+
+    expected = emova.decode(
+        units, voice_condition("coral"), generator=torch.Generator().manual_seed(7)
+    )
+    want, _ = sf.read(
+        io.BytesIO(audio_bytes(expected.waveform, 22050, "wav")), dtype="int16"
+    )
+    got, _ = sf.read(io.BytesIO(audio.content), dtype="int16")
+    assert got.shape == want.shape
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
+    # Another voice is another style vector; the units are the same.
+    other = client.audio.speech.create(
+        model=model, input=TTS_TEXT, voice="onyx", extra_body=extra
+    )
+    assert other.content != audio.content
+
+
+def test_speech_formats_seeds_and_speed(server):
+    import io
+
+    import av
+
+    base, model = server
+    client = _openai(base)
+
+    def speak(**kwargs) -> bytes:
+        extra = {"max_new_tokens": TTS_SLOTS, "seed": kwargs.pop("seed", 3)}
+        return client.audio.speech.create(
+            model=model, input=TTS_TEXT, voice="alloy", extra_body=extra, **kwargs
+        ).content
+
+    wav = speak()
+    assert speak() == wav and speak(seed=4) != wav
+    assert len(speak(speed=2.0)) < len(wav) < len(speak(speed=0.5))
+    assert len(speak(response_format="pcm")) == len(wav) - 44  # 16-bit, no header
+    for fmt in ("flac", "mp3", "opus", "aac"):
+        with av.open(io.BytesIO(speak(response_format=fmt))) as container:
+            frames = list(container.decode(container.streams.audio[0]))
+        assert sum(f.samples for f in frames) > 0, fmt
+
+
+def test_bad_generation_requests_get_400_naming_the_field_while_good_ones_run(
+    server,
+):
+    import threading
+
+    base, model = server
+    client = _openai(base)
+    good: dict[str, int] = {}
+
+    def run_good():
+        result = client.images.generate(
+            model=model,
+            prompt="a red cube",
+            size="64x64",
+            extra_body={"num_inference_steps": 24, "seed": 1},
+        )
+        good["images"] = len(result.data)
+
+    thread = threading.Thread(target=run_good)
+    thread.start()
+    image_cases = {
+        "size": [{"size": "100x100"}, {"size": "2048x2048"}, {"size": "big"}],
+        "n": [{"n": 0}, {"n": 9}],
+        "prompt": [{"prompt": ""}, {"prompt": 5}],
+        "response_format": [{"response_format": "url"}],
+        "output_format": [{"output_format": "gif"}],
+        "guidance_scale": [{"guidance_scale": -1}],
+        "num_inference_steps": [{"num_inference_steps": 0}],
+        "temperature": [{"temperature": "hot"}],
+    }
+    for field, bodies in image_cases.items():
+        for body in bodies:
+            body = {"model": model, "prompt": "x", "size": "64x64", **body}
+            response = requests.post(
+                f"{base}/v1/images/generations", json=body, timeout=60
+            )
+            assert response.status_code == 400, (body, response.text)
+            assert response.json()["error"]["param"] == field, (body, response.text)
+    speech_cases = {
+        "voice": [{"voice": "nobody"}, {"voice": None}],
+        "input": [{"input": ""}, {"input": "x" * 5000}],
+        "response_format": [{"response_format": "ogg"}],
+        "speed": [{"speed": 9}],
+        "max_new_tokens": [{"max_new_tokens": 600}],
+        "guidance_scale": [{"guidance_scale": 99}],
+    }
+    for field, bodies in speech_cases.items():
+        for body in bodies:
+            body = {"model": model, "input": "hi", "voice": "alloy", **body}
+            response = requests.post(f"{base}/v1/audio/speech", json=body, timeout=60)
+            assert response.status_code == 400, (body, response.text)
+            assert response.json()["error"]["param"] == field, (body, response.text)
+    thread.join(timeout=300)
+    assert good == {"images": 1}
+    for _ in range(50):
+        if _metric(base, "vllm:kv_cache_usage_perc") == 0:
+            break
+        time.sleep(0.2)
+    assert _metric(base, "vllm:kv_cache_usage_perc") == 0
