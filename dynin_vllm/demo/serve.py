@@ -6,8 +6,9 @@ With no MODEL it serves the embedded tiny Dynin-Omni checkpoint (real layout,
 random weights; built on first use under ``checkpoints/``), which stands in
 for ``snu-aidas/Dynin-Omni`` where weights cannot be downloaded. It waits for
 the server to be ready, prints example requests, sends them (text, an image
-chat, an audio chat and a transcription of a generated sample clip) to show
-the answers, and keeps serving until interrupted.
+chat, an audio chat and a transcription of a generated sample clip, an image
+generation and a speech synthesis, whose PNG and WAV it saves) to show the
+answers, and keeps serving until interrupted.
 """
 
 from __future__ import annotations
@@ -113,6 +114,21 @@ def audio_chat(clip: Path) -> dict:
     }
 
 
+#: Image generation and speech synthesis, small enough for a short context.
+EXAMPLE_IMAGE_GENERATION = {
+    "prompt": "a red cube on a blue sphere",
+    "size": "256x256",
+    "seed": 0,
+}
+EXAMPLE_SPEECH = {
+    "input": "Hello from Dynin-Omni.",
+    "voice": "alloy",
+    "response_format": "wav",
+    "max_new_tokens": 64,
+    "seed": 0,
+}
+
+
 def example_requests(base: str, model: str, clip: Path | None = None) -> str:
     """Ready-to-paste ``curl`` commands for the completion, chat and (with a
     sample ``clip``) transcription endpoints."""
@@ -131,6 +147,20 @@ def example_requests(base: str, model: str, clip: Path | None = None) -> str:
         lines.append(
             f"curl -s {base}/v1/audio/transcriptions -F model={model} "
             f"-F file=@{clip} -F temperature=0 -F max_completion_tokens=16"
+        )
+    for path, body, tail in (
+        (
+            "images/generations",
+            EXAMPLE_IMAGE_GENERATION,
+            ' | python -c \'import base64,json,sys; open("image.png","wb")'
+            '.write(base64.b64decode(json.load(sys.stdin)["data"][0]["b64_json"]))\'',
+        ),
+        ("audio/speech", EXAMPLE_SPEECH, " -o speech.wav"),
+    ):
+        payload = json.dumps({"model": model, **body})
+        lines.append(
+            f"curl -s {base}/v1/{path} -H 'Content-Type: application/json' "
+            f"-d '{payload}'{tail}"
         )
     return "\n\n".join(lines)
 
@@ -173,6 +203,25 @@ def send_audio_examples(base: str, model: str, clip: Path) -> tuple[str, str]:
     return chat, transcript
 
 
+def send_generation_examples(base: str, model: str, directory: Path) -> list[Path]:
+    """Generate the example image and speech; save them in ``directory``."""
+    import base64
+
+    body = {"model": model, **EXAMPLE_IMAGE_GENERATION}
+    image = _post(base, "images/generations", body)["data"][0]["b64_json"]
+    image_path = directory / "generated_image.png"
+    image_path.write_bytes(base64.b64decode(image))
+    request = urllib.request.Request(
+        f"{base}/v1/audio/speech",
+        json.dumps({"model": model, **EXAMPLE_SPEECH}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    speech_path = directory / "generated_speech.wav"
+    with urllib.request.urlopen(request, timeout=300) as resp:
+        speech_path.write_bytes(resp.read())
+    return [image_path, speech_path]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", help="checkpoint dir or hub id")
@@ -196,7 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Example image chat: {answer!r}", flush=True)
             chat, transcript = send_audio_examples(base, model, clip)
             print(f"Example audio chat: {chat!r}", flush=True)
-            print(f"Example transcription: {transcript!r}\n", flush=True)
+            print(f"Example transcription: {transcript!r}", flush=True)
+            image, speech = send_generation_examples(
+                base, model, _sample_directory(model)
+            )
+            print(f"Example image generation: saved {image}", flush=True)
+            print(f"Example speech synthesis: saved {speech}\n", flush=True)
             if args.once:
                 return 0
             print("Serving; press Ctrl-C to stop.", flush=True)
