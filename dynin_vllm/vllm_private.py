@@ -64,6 +64,7 @@ RUNNER_ATTRIBUTES: tuple[str, ...] = (
     "device",
     "max_model_len",
     "num_prompt_logprobs",
+    "positions",
 )
 
 #: V1 scheduler methods overridden or called, with their parameter names.

@@ -12,14 +12,18 @@ off. Short schedules keep float32 rounding from flipping near-ties (dynin.md
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from dynin_vllm.multimodal.generation import (
+    image_editing_request,
     image_generation_request,
     speech_generation_request,
 )
 from dynin_vllm.reference import prompts as layouts
 from dynin_vllm.reference.media_generation import (
+    I2I_UNCOND_PREFIX,
     T2I_UNCOND_PREFIX,
     maskgit_generate,
     speech_generate,
@@ -29,6 +33,17 @@ from dynin_vllm.reference.sampler import generate as reference_generate
 pytestmark = pytest.mark.engine
 
 PROMPT = "a red cube on a blue sphere"
+EDIT = "make the cube blue"
+
+
+def _source_codes(count: int) -> list[int]:
+    """A source image's codes (the codec is tested apart). Random codes: a
+    regular pattern makes the tiny model's confidences nearly tie at the
+    re-mask cut, where float32 rounding decides (dynin.md §5.3)."""
+    rng = random.Random(0)
+    return [rng.randrange(8192) for _ in range(count)]
+
+
 SPEECH_TEXT = "Hello there, how are you?"
 TTS_SLOTS, TTS_BLOCK = 24, 8
 
@@ -41,6 +56,11 @@ CASES = {
         {"size": 336, "steps": 4, "guidance_scale": 3.5, "uncond_prefix": "text"},
     ),
     "t2i-no-cfg": ("image", {"size": 128, "steps": 6, "guidance_scale": 0.0}),
+    # Image editing: a 336 px source (441 codes) and a 64 px one, whose short
+    # layout puts upstream's 337-token uncond prefix over the text slot and
+    # the first canvas slots.
+    "i2i": ("edit", {"side": 21, "steps": 4, "guidance_scale": 3.5}),
+    "i2i-small": ("edit", {"side": 4, "steps": 4, "guidance_scale": 3.5}),
     "tts-cfg": ("speech", {"guidance_scale": 2.5}),
     "tts-no-cfg": ("speech", {"guidance_scale": 0.0}),
 }
@@ -51,6 +71,11 @@ def _request(tokenizer, name: str, **overrides):
     options = {"temperature": 0.0, **options, **overrides}
     if task == "image":
         return image_generation_request(tokenizer, PROMPT, **options)
+    if task == "edit":
+        side = options.pop("side")
+        return image_editing_request(
+            tokenizer, EDIT, _source_codes(side * side), **options
+        )
     return speech_generation_request(
         tokenizer,
         SPEECH_TEXT,
@@ -81,15 +106,22 @@ def _reference(model, tokenizer, name: str) -> list[int]:
             temperature=0.0,
         )
         return region
-    side = options["size"] // 16
-    slots = side * side
-    ids, mask = layouts.t2i_prompt(tokenizer, PROMPT, slots)
-    uncond, uncond_mask = layouts.t2i_prompt(tokenizer, "", slots)
-    prefix = (
-        layouts.T2I_TEXT_SLOT
-        if options.get("uncond_prefix") == "text"
-        else T2I_UNCOND_PREFIX
-    )
+    if task == "edit":
+        slots = options["side"] ** 2
+        source = [offset + c for c in _source_codes(slots)]
+        ids, mask = layouts.i2i_prompt(tokenizer, EDIT, source, slots)
+        uncond, uncond_mask = layouts.i2i_prompt(tokenizer, "", source, slots)
+        prefix = I2I_UNCOND_PREFIX
+    else:
+        side = options["size"] // 16
+        slots = side * side
+        ids, mask = layouts.t2i_prompt(tokenizer, PROMPT, slots)
+        uncond, uncond_mask = layouts.t2i_prompt(tokenizer, "", slots)
+        prefix = (
+            layouts.T2I_TEXT_SLOT
+            if options.get("uncond_prefix") == "text"
+            else T2I_UNCOND_PREFIX
+        )
     codes = maskgit_generate(
         model,
         ids,
@@ -174,6 +206,16 @@ def test_batched_with_each_other_and_text_matches_the_reference(
     for name, out in zip(names, outputs, strict=False):
         assert list(out.outputs[0].token_ids) == expected[name], name
     assert list(outputs[-1].outputs[0].token_ids) == text.answer
+
+
+def test_image_editing_needs_the_position_gap(llm, tokenizer, expected):
+    """The text slot's pads sit mid-sequence: dropped without moving the later
+    positions, the edit is not upstream's."""
+    request = _request(tokenizer, "i2i")
+    request.sampling_params.extra_args.pop("position_gap")
+    request.sampling_params.extra_args.pop("uncond_position_gap")
+    (got,) = _generate(llm, [request])
+    assert got != expected["i2i"]
 
 
 def test_the_unconditional_prefix_variant_matters(expected):

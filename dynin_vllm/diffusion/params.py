@@ -39,6 +39,12 @@ uncond_masked_slots  leading answer slots that stay the mask id in the
                unconditional CFG branch (upstream's uncond rows: T2I's
                ``resolution + 1`` prefix keeps 383 image slots masked there, TTS
                masks every speech slot)
+position_gap   ``[index, size]``: prompt tokens from ``index`` on (and the
+               answer) sit ``size`` rotary positions further, as if ``size``
+               hidden tokens preceded them (image editing's text-slot pads,
+               which upstream masks out of attention in the middle of the
+               sequence)
+uncond_position_gap  the same for the unconditional CFG branch's prompt
 likelihood_tokens  score instead of generate: the last ``likelihood_tokens``
                prompt tokens are the continuation, whose masked-diffusion
                log-likelihood (LLaDA's Monte Carlo ELBO) is returned as their
@@ -87,6 +93,8 @@ PARAM_NAMES = (
     "task",
     "allowed_token_ranges",
     "uncond_masked_slots",
+    "position_gap",
+    "uncond_position_gap",
 )
 
 #: The decoding rules a request chooses between: a request that sets one of
@@ -187,6 +195,8 @@ class DiffusionParams:
     mc_batch_size: int = 32
     allowed_token_ranges: tuple[tuple[int, int], ...] | None = None
     uncond_masked_slots: int = 0
+    position_gap: tuple[int, int] | None = None
+    uncond_position_gap: tuple[int, int] | None = None
     # The names of BUILTIN_DEFAULTS that the request or the server set (a
     # task's own defaults apply to the others).
     explicit: tuple[str, ...] = ()
@@ -227,6 +237,9 @@ class DiffusionParams:
             wire["allowed_token_ranges"] = [
                 list(r) for r in wire["allowed_token_ranges"]
             ]
+        for name in ("position_gap", "uncond_position_gap"):
+            if wire[name] is not None:
+                wire[name] = list(wire[name])
         return wire
 
     @classmethod
@@ -252,6 +265,9 @@ class DiffusionParams:
             values["allowed_token_ranges"] = tuple(
                 (int(lo), int(hi)) for lo, hi in values["allowed_token_ranges"]
             )
+        for name in ("position_gap", "uncond_position_gap"):
+            if values[name] is not None:
+                values[name] = tuple(int(v) for v in values[name])
         return cls(**values)
 
     def for_task(self, task: str, answer_len: int | None) -> DiffusionParams:
@@ -395,6 +411,10 @@ def parse_params(
     uncond_masked = _int(
         "uncond_masked_slots", request.get("uncond_masked_slots", 0), 0
     )
+    gaps = {
+        name: None if request.get(name) is None else _gap(name, request[name])
+        for name in ("position_gap", "uncond_position_gap")
+    }
     likelihood_tokens, mc_num, mc_batch_size = _likelihood(request, merged)
     if likelihood_tokens is not None and task != "text":
         raise DiffusionParamError("task", "a likelihood request scores text")
@@ -427,7 +447,15 @@ def parse_params(
         task=task,
         allowed_token_ranges=ranges,
         uncond_masked_slots=uncond_masked,
+        **gaps,
     )
+
+
+def _gap(name: str, value: Any) -> tuple[int, int]:
+    """``[index, size]``: a prompt index >= 1 and a gap >= 1."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise DiffusionParamError(name, f"expected [index, size], got {value!r}")
+    return _int(name, value[0], 1), _int(name, value[1], 1)
 
 
 def _token_ranges(

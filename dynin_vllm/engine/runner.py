@@ -70,6 +70,9 @@ class DiffusionRunnerMixin:
         self._prefill_emissions: dict[str, list[int]] = {}
         self._step_fills: dict[str, list[int]] = {}
         self._tp_size = get_tensor_model_parallel_world_size()
+        # Requests whose tokens from a prompt index on sit further in rotary
+        # positions: ``(index, size)`` (``position_gap``).
+        self._position_gaps: dict[str, tuple[int, int]] = {}
         self._recent_params: collections.deque[tuple[str, dict[str, Any]]] = (
             collections.deque(maxlen=self.RECENT_PARAMS)
         )
@@ -85,6 +88,7 @@ class DiffusionRunnerMixin:
         for req_id in scheduler_output.finished_req_ids:
             self.denoiser.remove_request(req_id)
             self.likelihood.remove(req_id)
+            self._position_gaps.pop(req_id, None)
         new = [r.req_id for r in scheduler_output.scheduled_new_reqs]
         # Unconditional CFG branches mirror their request: add requests first.
         for req_id in sorted(new, key=lambda r: self._branch_of(r) is not None):
@@ -109,7 +113,9 @@ class DiffusionRunnerMixin:
         main_id = self._branch_of(req_id)
         if main_id is not None:
             # None when its request already ended; the branch will end too.
-            self.denoiser.add_uncond_branch(req_id, main_id)
+            branch = self.denoiser.add_uncond_branch(req_id, main_id)
+            if branch is not None and branch.params.uncond_position_gap:
+                self._position_gaps[req_id] = branch.params.uncond_position_gap
             return
         state = self.requests[req_id]
         sampling_params = state.sampling_params
@@ -120,6 +126,8 @@ class DiffusionRunnerMixin:
             logger.error("Request %s: %s", req_id, err)
             return
         self._recent_params.append((req_id, params.to_wire()))
+        if params.position_gap:
+            self._position_gaps[req_id] = params.position_gap
         if params.scores_likelihood:
             # Its prompt logprobs are the estimate, not vLLM's.
             self.num_prompt_logprobs.pop(req_id, None)
@@ -165,6 +173,7 @@ class DiffusionRunnerMixin:
             elif req_id in self.denoiser.states:
                 # A prefill, first or after a preemption: (re)start the block.
                 self._prefill_emissions[req_id] = self.denoiser.restart(req_id)
+        self._apply_position_gaps(ends, num_scheduled_tokens)
         self._step_plan = self.denoiser.plan(spans)
         self._likelihood_plan = self.likelihood.plan(whole_prompts)
         rows = torch.cat(
@@ -178,6 +187,27 @@ class DiffusionRunnerMixin:
             rows = torch.zeros(1, dtype=torch.int64)
         logits_indices = rows.to(self.device, non_blocking=True)
         return logits_indices, spec_decode_metadata, max_num_sampled
+
+    def _apply_position_gaps(
+        self, ends: np.ndarray, num_scheduled_tokens: np.ndarray
+    ) -> None:
+        """Move the rotary positions of gapped requests' later tokens.
+
+        The KV slots were already mapped from the token indices, so only what
+        RoPE sees changes: a dropped run of attention-masked tokens in the
+        middle of a prompt leaves the other tokens' relative positions as
+        upstream has them.
+        """
+        if not self._position_gaps:
+            return
+        for i, req_id in enumerate(self.input_batch.req_ids):
+            gap = self._position_gaps.get(req_id)
+            if gap is None:
+                continue
+            index, size = gap
+            start = int(ends[i] - num_scheduled_tokens[i])
+            segment = self.positions[start : int(ends[i])]
+            segment += (segment >= index).to(segment.dtype) * size
 
     def _sample(self, logits: torch.Tensor | None, spec_decode_metadata: Any) -> Any:
         plan, self._step_plan = self._step_plan, None

@@ -21,6 +21,7 @@ every speech slot masked.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,14 +32,18 @@ from dynin_vllm.multimodal.ids import VocabLayout
 
 BOS, EOS = 126080, 126081
 MASK = 126336
+PAD = 126093  # [iPAD]
 SOI, EOI, SOA = 126084, 126085, 126097
 T2I, I2I, T2S = 126088, 126095, 126099
 #: Upstream's text slots (``max_seq_length + 1``; TTS ``max_seq_length_text +
 #: 1``): longer texts are cut to ``slot - 1`` ids plus EOS, as upstream does.
 IMAGE_TEXT_SLOT = 129
 SPEECH_TEXT_SLOT = 1025
-#: Upstream's unconditional prefix of ``t2i_generate`` (``resolution + 1``).
+#: Upstream's unconditional prefixes (``resolution + 1``, with each function's
+#: default ``resolution``, whatever the image size) of ``t2i_generate`` and
+#: ``i2i_generate``.
 T2I_UNCOND_PREFIX = 513
+I2I_UNCOND_PREFIX = 337
 UNCOND_PREFIXES = ("upstream", "text")
 #: MAGVIT-v2 downsamples by 16: one code per 16x16 pixels.
 PIXELS_PER_CODE = 16
@@ -155,6 +160,98 @@ def image_generation_request(
     )
 
 
+def _fit_slot(ids: list[int], slot: int) -> tuple[list[int], list[int]]:
+    """Upstream's text slot: left pads (hidden) or cut to ``slot - 1`` + EOS."""
+    if len(ids) <= slot:
+        pads = slot - len(ids)
+        return [PAD] * pads + ids, [0] * pads + [1] * len(ids)
+    return [*ids[: slot - 1], EOS], [1] * slot
+
+
+def _without_hidden(
+    ids: list[int], mask: list[int]
+) -> tuple[list[int], tuple[int, int] | None]:
+    """The visible tokens, and the ``(index, size)`` position gap the hidden
+    run leaves (one contiguous run, as upstream's layouts have)."""
+    hidden = [i for i, m in enumerate(mask) if not m]
+    if not hidden:
+        return list(ids), None
+    first, size = hidden[0], len(hidden)
+    if hidden != list(range(first, first + size)):
+        raise ValueError("the hidden tokens must form one run")
+    kept = [t for t, m in zip(ids, mask, strict=True) if m]
+    return kept, (first, size) if first > 0 else None
+
+
+def image_editing_request(
+    tokenizer: Any,
+    prompt: str,
+    source_codes: Sequence[int],
+    *,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    mode: str | None = None,
+) -> GenerationRequest:
+    """Image editing (``i2i_generate`` with upstream's train-time ``i2i_prompt``).
+
+    ``source_codes``: the source image's MAGVIT-v2 codes (a square grid, 441
+    at upstream's 336 px); the edited image has the same size. Defaults: 64
+    steps, guidance 3.5. The text slot's pads sit in the middle of the
+    sequence, hidden from attention upstream; the engine drops them and moves
+    the later tokens' rotary positions by as many (``position_gap``). The
+    unconditional row is upstream's: its first 337 tokens (``resolution +
+    1``) come from the empty-prompt sequence, the rest from the conditional
+    one, with the empty prompt's attention mask.
+    """
+    layout = VocabLayout.from_tokenizer(tokenizer)
+    codes = [int(c) for c in source_codes]
+    side = math.isqrt(len(codes))
+    if not codes or side * side != len(codes):
+        raise ValueError("source_codes must be a square grid of codes")
+    if any(not 0 <= c < layout.image_codebook_size for c in codes):
+        raise ValueError("source codes must lie in the image codebook")
+    source = [layout.image_offset + c for c in codes]
+    slots = len(codes)
+    head = [I2I, SOI, *source, EOI]
+    tail = [SOI, *[MASK] * slots, EOI]
+
+    def sequence(text: str) -> tuple[list[int], list[int]]:
+        text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        slot, slot_mask = _fit_slot([BOS, *text_ids, EOS], IMAGE_TEXT_SLOT)
+        ids = head + slot + tail
+        return ids, [1] * len(head) + slot_mask + [1] * len(tail)
+
+    cond, cond_mask = sequence(prompt)
+    empty, empty_mask = sequence("")
+    uncond = empty[:I2I_UNCOND_PREFIX] + cond[I2I_UNCOND_PREFIX:]
+    prompt_len = len(cond) - slots - 1
+    cond_prompt, cond_gap = _without_hidden(cond[:prompt_len], cond_mask[:prompt_len])
+    uncond_prompt, uncond_gap = _without_hidden(
+        uncond[:prompt_len], empty_mask[:prompt_len]
+    )
+    extra = {
+        "task": "image_editing",
+        "canvas": [MASK] * slots + [EOI],
+        "allowed_token_ranges": [[layout.image_offset, layout.speech_offset]],
+        "uncond_prompt_token_ids": uncond_prompt,
+        "uncond_masked_slots": max(0, min(slots, I2I_UNCOND_PREFIX - prompt_len)),
+        "position_gap": None if cond_gap is None else list(cond_gap),
+        "uncond_position_gap": None if uncond_gap is None else list(uncond_gap),
+        "steps": steps,
+        "cfg_scale": guidance_scale,
+        "mode": mode,
+    }
+    return GenerationRequest(
+        prompt={"prompt_token_ids": cond_prompt},
+        sampling_params=_sampling_params(slots + 1, temperature, seed, extra),
+        task="image_editing",
+        num_slots=slots,
+        grid=(side, side),
+    )
+
+
 def speech_generation_request(
     tokenizer: Any,
     text: str,
@@ -234,6 +331,7 @@ def speech_units(token_ids: Sequence[int], tokenizer: Any) -> list[int]:
 __all__ = [
     "GenerationRequest",
     "image_codes",
+    "image_editing_request",
     "image_generation_request",
     "image_grid",
     "speech_generation_request",
