@@ -1221,3 +1221,101 @@ def test_bad_generation_requests_get_400_naming_the_field_while_good_ones_run(
             break
         time.sleep(0.2)
     assert _metric(base, "vllm:kv_cache_usage_perc") == 0
+
+
+def _edit_source_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, 80, dtype=np.uint8)
+    pixels = np.stack([*np.meshgrid(ramp, ramp[::-1]), np.full((80, 80), 90)], -1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_image_edit_through_the_sdk_matches_the_reference(
+    server, tokenizer, reference_model, dynin_checkpoint
+):
+    import torch
+
+    from dynin_vllm.multimodal.image_tokenizer import load_magvit2
+    from dynin_vllm.multimodal.media import postprocess_images
+    from dynin_vllm.reference import prompts
+    from dynin_vllm.reference.media_generation import (
+        I2I_UNCOND_PREFIX,
+        maskgit_generate,
+    )
+    from dynin_vllm.reference.media_prompts import image_codes
+
+    base, model = server
+    client = _openai(base)
+    source = _edit_source_png()
+    result = client.images.edit(
+        model=model,
+        image=("source.png", source, "image/png"),
+        prompt="make it blue",
+        size="64x64",
+        n=2,
+        extra_body={"num_inference_steps": 4, "temperature": 0},
+    )
+    assert result.size == "64x64" and len(result.data) == 2
+    magvit = load_magvit2(dynin_checkpoint / "magvitv2").float().eval()
+    offset = len(tokenizer)
+    codes = image_codes(magvit, source, resolution=64)
+    ids, mask = prompts.i2i_prompt(
+        tokenizer, "make it blue", [offset + c for c in codes], 16
+    )
+    uncond, uncond_mask = prompts.i2i_prompt(
+        tokenizer, "", [offset + c for c in codes], 16
+    )
+    edited = maskgit_generate(
+        reference_model,
+        ids,
+        mask,
+        num_slots=16,
+        codebook_start=offset,
+        steps=4,
+        guidance_scale=3.5,
+        uncond_prompt=uncond,
+        uncond_attention_mask=uncond_mask,
+        uncond_prefix_len=I2I_UNCOND_PREFIX,
+        temperature=0.0,
+    )
+    with torch.no_grad():
+        want = postprocess_images(magvit.decode(torch.tensor([edited]), (4, 4)))[0]
+    for item in result.data:
+        diff = np.abs(_png_pixels(item.b64_json).astype(int) - want.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_bad_edits_get_400_naming_the_field(server):
+    base, model = server
+    source = _edit_source_png()
+
+    def edit(files, **fields):
+        data = {"model": model, "prompt": "blue", "size": "64x64", **fields}
+        return requests.post(
+            f"{base}/v1/images/edits", data=data, files=files, timeout=60
+        )
+
+    png = ("s.png", source, "image/png")
+    cases = [
+        ([], {}, "image"),
+        ([("image[]", png), ("image[]", png)], {}, "image"),
+        (
+            [("image", ("s.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "image/png"))],
+            {},
+            "image",
+        ),
+        ([("image", ("s.png", b"", "image/png"))], {}, "image"),
+        ([("image", png)], {"size": "64x32"}, "size"),
+        ([("image", png)], {"n": "12"}, "n"),
+        ([("image", png)], {"prompt": ""}, "prompt"),
+    ]
+    for files, fields, param in cases:
+        response = edit(files, **fields)
+        assert response.status_code == 400, (fields, response.text)
+        assert response.json()["error"]["param"] == param, (fields, response.text)
+    assert edit([("image", png)], num_inference_steps="2").status_code == 200

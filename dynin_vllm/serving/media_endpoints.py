@@ -1,6 +1,7 @@
 """OpenAI's image-generation and speech endpoints for Dynin-Omni in ``vllm serve``.
 
 - ``POST /v1/images/generations`` (JSON): text to image;
+- ``POST /v1/images/edits`` (multipart): image editing, one source image;
 - ``POST /v1/audio/speech`` (JSON): text to speech, raw audio bytes back.
 
 Each request becomes engine requests built by
@@ -36,6 +37,7 @@ from dynin_vllm.multimodal.generation import (
     PIXELS_PER_CODE,
     SPEECH_SLOTS,
     image_codes,
+    image_editing_request,
     image_generation_request,
     speech_generation_request,
     speech_units,
@@ -56,6 +58,9 @@ MAX_IMAGES = 8
 #: The largest image side (pixels); a size must also fit the context.
 MAX_IMAGE_SIDE = 1024
 DEFAULT_IMAGE_SIZE = "512x512"
+DEFAULT_EDIT_SIZE = "336x336"
+#: The largest source image upload.
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 MAX_SPEECH_INPUT = 4096  # characters, as OpenAI
 MAX_STEPS = 1024
 MAX_GUIDANCE = 50.0
@@ -150,11 +155,13 @@ def _choice(body: dict, name: str, default: str, choices: tuple[str, ...]) -> st
     return value
 
 
-def parse_size(value: Any, max_model_len: int) -> tuple[int, int]:
+def parse_size(
+    value: Any, max_model_len: int, *, editing: bool = False
+) -> tuple[int, int]:
     """``"WxH"`` (multiples of 16, at most :data:`MAX_IMAGE_SIDE`, and a layout
-    that fits the context) as ``(width, height)``."""
-    if value in (None, "auto"):
-        value = DEFAULT_IMAGE_SIZE
+    that fits the context) as ``(width, height)``; square when ``editing``."""
+    if value in (None, "", "auto"):
+        value = DEFAULT_EDIT_SIZE if editing else DEFAULT_IMAGE_SIZE
     try:
         width, height = (int(v) for v in str(value).lower().split("x"))
     except ValueError:
@@ -168,12 +175,16 @@ def parse_size(value: Any, max_model_len: int) -> tuple[int, int]:
                 f"'size' sides must be multiples of {PIXELS_PER_CODE} between "
                 f"{PIXELS_PER_CODE} and {MAX_IMAGE_SIDE}, got {value!r}",
             )
+    if editing and width != height:
+        raise BadField("size", f"edited images are square, got {value!r}")
     slots = (width // PIXELS_PER_CODE) * (height // PIXELS_PER_CODE)
-    if IMAGE_TEXT_SLOT + slots + 2 > max_model_len:
+    # T2I: text slot, <|soi|>, slots, <|eoi|>; I2I adds <|i2i|> and the source.
+    need = IMAGE_TEXT_SLOT + slots + 2 + (slots + 3 if editing else 0)
+    if need > max_model_len:
         raise BadField(
             "size",
-            f"'size' {value} needs {IMAGE_TEXT_SLOT + slots + 2} tokens; the "
-            f"model's context holds {max_model_len}",
+            f"'size' {value} needs {need} tokens; the model's context holds "
+            f"{max_model_len}",
         )
     return width, height
 
@@ -237,6 +248,18 @@ class Codecs:
             batch = torch.stack([c.reshape(-1) for c in codes])
             return postprocess_images(magvit.decode(batch, grid))
 
+    def encode_image(self, data: bytes, side: int) -> list[int]:
+        """A source upload's MAGVIT-v2 codes at ``side`` pixels (shorter side
+        resized, centre crop: upstream's ``image_transform``)."""
+        import torch
+
+        from dynin_vllm.multimodal.media import load_image, preprocess_image
+
+        pixels = preprocess_image(load_image(data, field="image"), side)
+        magvit = self.magvit()
+        with self._lock, torch.no_grad():
+            return magvit.encode(pixels[None].float())[0].tolist()
+
     def synthesize(self, units: list[int], condition: str, speed: float, seed):
         import numpy as np
         import torch
@@ -283,33 +306,86 @@ class MediaServing:
             raise RuntimeError("the engine failed the request")
         return final
 
-    async def images(self, body: dict) -> dict:
-        prompt = _text(body, "prompt", required=True)
-        n = _number(body, "n", 1, 1, MAX_IMAGES, integer=True)
-        width, height = parse_size(body.get("size"), self.max_model_len)
+    def _image_options(self, body: dict) -> dict[str, Any]:
+        """The fields both image endpoints share, checked."""
         _choice(body, "response_format", "b64_json", ("b64_json",))
-        output_format = _choice(body, "output_format", "png", IMAGE_FORMATS)
-        if body.get("stream"):
+        if body.get("stream") not in (None, False, "false", "False"):
             raise BadField("stream", "streaming image generation is not supported yet")
-        options = {
+        return {
+            "prompt": _text(body, "prompt", required=True),
+            "n": _number(body, "n", 1, 1, MAX_IMAGES, integer=True),
+            "output_format": _choice(body, "output_format", "png", IMAGE_FORMATS),
+            "seed": _number(body, "seed", None, -(2**63), 2**63 - 1, integer=True),
             "steps": _number(body, "num_inference_steps", None, 1, MAX_STEPS, True),
             "guidance_scale": _number(body, "guidance_scale", None, 0, MAX_GUIDANCE),
             "temperature": _number(body, "temperature", 1.0, 0, MAX_TEMPERATURE),
-            "negative_prompt": _text(body, "negative_prompt", required=False),
         }
-        seed = _number(body, "seed", None, -(2**63), 2**63 - 1, integer=True)
-        base = f"img-{uuid.uuid4().hex}"
+
+    async def images(self, body: dict) -> dict:
+        options = self._image_options(body)
+        width, height = parse_size(body.get("size"), self.max_model_len)
+        negative = _text(body, "negative_prompt", required=False)
+        seed = options["seed"]
         requests = [
             image_generation_request(
                 self.tokenizer,
-                prompt,
+                options["prompt"],
                 size=(width, height),
                 seed=None if seed is None else seed + i,
-                **options,
+                steps=options["steps"],
+                guidance_scale=options["guidance_scale"],
+                temperature=options["temperature"],
+                negative_prompt=negative,
             )
-            for i in range(n)
+            for i in range(options["n"])
         ]
         await asyncio.to_thread(self._require, "magvit")
+        return await self._finish_images(requests, options, f"{width}x{height}")
+
+    async def edits(self, form: Any) -> dict:
+        body = {
+            k: _form_value(v)
+            for k, v in form.multi_items()
+            if k not in ("image", "image[]")
+        }
+        uploads = form.getlist("image") + form.getlist("image[]")
+        if not uploads:
+            raise BadField("image", "'image' is required: the image to edit")
+        if len(uploads) > 1:
+            raise BadField(
+                "image", "one source image per edit, as Dynin-Omni is trained"
+            )
+        if body.get("mask") is not None or form.get("mask") is not None:
+            raise BadField("mask", "masked edits are not supported")
+        options = self._image_options(body)
+        side, _ = parse_size(body.get("size"), self.max_model_len, editing=True)
+        data = await _upload_bytes(uploads[0])
+        await asyncio.to_thread(self._require, "magvit")
+        try:
+            codes = await asyncio.to_thread(self.codecs.encode_image, data, side)
+        except ValueError as exc:  # MediaError: corrupt, truncated, a bomb
+            raise BadField("image", f"cannot read the image: {exc}") from exc
+        seed = options["seed"]
+        requests = [
+            image_editing_request(
+                self.tokenizer,
+                options["prompt"],
+                codes,
+                seed=None if seed is None else seed + i,
+                steps=options["steps"],
+                guidance_scale=options["guidance_scale"],
+                temperature=options["temperature"],
+            )
+            for i in range(options["n"])
+        ]
+        return await self._finish_images(requests, options, f"{side}x{side}")
+
+    async def _finish_images(
+        self, requests: list, options: dict[str, Any], size: str
+    ) -> dict:
+        """Run the requests, decode their images, and answer as OpenAI does."""
+        output_format = options["output_format"]
+        base = f"img-{uuid.uuid4().hex}"
         outputs = await asyncio.gather(
             *(self._run(r, f"{base}-{i}") for i, r in enumerate(requests))
         )
@@ -330,7 +406,7 @@ class MediaServing:
             "created": int(time.time()),
             "data": data,
             "output_format": output_format,
-            "size": f"{width}x{height}",
+            "size": size,
             "usage": {
                 "input_tokens": input_tokens,
                 "input_tokens_details": {
@@ -387,6 +463,31 @@ class MediaServing:
         return payload, AUDIO_MEDIA_TYPES[fmt]
 
 
+def _form_value(value: Any) -> Any:
+    """A multipart text field as JSON would carry it (numbers as numbers)."""
+    if not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
+
+
+async def _upload_bytes(upload: Any) -> bytes:
+    if isinstance(upload, str):
+        raise BadField("image", "'image' must be a file upload")
+    data = await upload.read(MAX_UPLOAD_BYTES + 1)
+    if not data:
+        raise BadField("image", "the uploaded image is empty")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise BadField(
+            "image", f"the uploaded image is larger than {MAX_UPLOAD_BYTES} bytes"
+        )
+    return data
+
+
 router = APIRouter()
 
 
@@ -422,6 +523,20 @@ async def create_images(raw: Request) -> Response:
         return JSONResponse(await serving.images(body))
 
     return await _handle(raw, work)
+
+
+@router.post("/v1/images/edits")
+async def edit_images(raw: Request) -> Response:
+    serving = _serving(raw)
+    if serving is None:
+        return _error("this endpoint serves Dynin-Omni checkpoints only", None, 404)
+    try:
+        form = await raw.form()
+        return JSONResponse(await serving.edits(form))
+    except BadField as exc:
+        return _error(str(exc), exc.param, exc.status)
+    except ValueError as exc:
+        return _error(str(exc), getattr(exc, "parameter", None), 400)
 
 
 @router.post("/v1/audio/speech")
