@@ -61,6 +61,7 @@ setup(
         "console_scripts": [
             "dynin-make-checkpoint = dynin_vllm.testing.make_checkpoint:main",
             "dynin-lm-eval = dynin_vllm.serving.lm_eval_model:main",
+            "dynin-generate = dynin_vllm.demo.media_batch:main",
         ],
     },
     license="Apache-2.0",

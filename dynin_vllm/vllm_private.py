@@ -54,6 +54,7 @@ RUNNER_SIGNATURES: dict[str, tuple[str, ...]] = {
     "_update_states": ("self", "scheduler_output"),
     "_prepare_inputs": ("self", "scheduler_output", "num_scheduled_tokens"),
     "_get_prompt_logprobs_dict": ("self", "hidden_states", "num_scheduled_tokens"),
+    "get_model": ("self",),
 }
 
 #: Runner instance attributes read.

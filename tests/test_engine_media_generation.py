@@ -249,3 +249,35 @@ def test_seeded_sampling_is_the_same_alone_and_batched(llm, tokenizer):
     assert all(126464 <= t < 126464 + 8192 for t in alone[0][:-1])
     speech = set(range(126464 + 8192, 126464 + 8192 + 4096)) | {126098, 126081}
     assert set(alone[1]) <= speech
+
+
+def test_the_lm_head_computes_only_the_allowed_columns(llm, tokenizer, expected):
+    """Image rows need the 8,192 codebook columns, not the 138,752-wide
+    vocabulary; a step with a text row computes full rows (and the parity
+    tests above pass both ways)."""
+
+    def work() -> dict[str, int]:
+        return llm.collective_rpc("logits_columns")[0]
+
+    before = work()
+    (got,) = _generate(llm, [_request(tokenizer, "t2i-no-cfg")])
+    assert got == expected["t2i-no-cfg"]
+    after = work()
+    windowed = after["windowed_rows"] - before["windowed_rows"]
+    assert windowed > 0 and after["full_rows"] == before["full_rows"]
+    assert after["columns"] - before["columns"] == windowed * 8192
+    from vllm import SamplingParams
+
+    _generate_text = llm.generate(
+        [
+            _request(tokenizer, "t2i-no-cfg").prompt,
+            {"prompt_token_ids": [126080, 5, 6]},
+        ],
+        [
+            _request(tokenizer, "t2i-no-cfg").sampling_params,
+            SamplingParams(max_tokens=4, temperature=0, extra_args={"mode": "exact"}),
+        ],
+        use_tqdm=False,
+    )
+    assert list(_generate_text[0].outputs[0].token_ids) == expected["t2i-no-cfg"]
+    assert work()["full_rows"] > after["full_rows"]

@@ -288,10 +288,30 @@ def test_abort_mid_denoise_frees_the_kv_cache(dynin_llm):
                 extra_args={"mode": "exact", "block_length": 64, "steps": 64},
             ),
         )
+        # Guided image generation and speech synthesis (CFG pairs with their
+        # hidden unconditional branches), long enough to be mid-denoise.
+        from dynin_vllm.multimodal.generation import (
+            image_generation_request,
+            speech_generation_request,
+        )
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            dynin_llm.llm_engine.model_config.tokenizer
+        )
+        for req_id, request in (
+            (
+                "painted",
+                image_generation_request(tokenizer, QUESTION, size=64, steps=32),
+            ),
+            ("spoken", speech_generation_request(tokenizer, QUESTION, num_slots=48)),
+        ):
+            engine.add_request(req_id, request.prompt, request.sampling_params)
         for _ in range(4):
             assert not any(out.finished for out in engine.step())
         assert stats.kv_cache_usage[-1] > 0
-        engine.abort_request(["long", "guided", "pictured", "heard"])
+        engine.abort_request(
+            ["long", "guided", "pictured", "heard", "painted", "spoken"]
+        )
         # A short request afterwards: its last step reports the usage left over.
         done = dynin_llm.generate(
             [{"prompt_token_ids": [126080, 1, 2]}],

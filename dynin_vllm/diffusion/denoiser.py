@@ -274,11 +274,15 @@ class Denoiser:
             hole_indices=hole_indices,
         )
 
-    def step(self, plan: StepPlan, logits: torch.Tensor) -> dict[str, list[int]]:
+    def step(
+        self, plan: StepPlan, logits: torch.Tensor, column_offset: int = 0
+    ) -> dict[str, list[int]]:
         """Denoise every planned request once; returns tokens emitted per request.
 
-        ``logits`` holds one row per ``plan.logits_rows`` entry, in that order.
-        CFG branches emit the same tokens as their requests.
+        ``logits`` holds one row per ``plan.logits_rows`` entry, in that order,
+        over vocabulary columns ``column_offset, ...`` (see
+        :func:`logits_window`). CFG branches emit the same tokens as their
+        requests.
         """
         if not plan.states:
             return {}
@@ -307,7 +311,9 @@ class Denoiser:
         if plan.uncond_row_index is not None:
             uncond = logits[plan.uncond_row_index.to(device)]
             cfg = per_row([s.params.cfg_scale for s in states], torch.float32)
-        allowed = _allowed_rows(states, plan.row_slot, cond.shape[-1], device)
+        allowed = _allowed_rows(
+            states, plan.row_slot, cond.shape[-1] + column_offset, device
+        )
         ids, conf = _score(
             states,
             plan.row_slot,
@@ -319,6 +325,7 @@ class Denoiser:
             uncond,
             cfg,
             allowed,
+            column_offset,
         )
         if any(s.params.remasking == "random" for s in states):
             is_random = per_row(
@@ -446,6 +453,20 @@ class Denoiser:
         canvas[rows] = part
 
 
+def logits_window(plan: StepPlan) -> tuple[int, int] | None:
+    """The vocabulary columns ``[lo, hi)`` that every row of ``plan`` can
+    choose from (the hull of their requests' allowed ranges), or ``None`` when
+    some row may take any id. The LM head need compute only these columns:
+    8,192 for image rows instead of 138,752."""
+    ranges = [s.params.allowed_token_ranges for s in plan.states]
+    if not ranges or not all(ranges):
+        return None
+    return (
+        min(lo for r in ranges for lo, _ in r),
+        max(hi for r in ranges for _, hi in r),
+    )
+
+
 def _masked_for_branch(tokens: list[int], start: int, main: RequestState) -> list[int]:
     """What the unconditional branch shows for ``tokens`` (answer positions
     ``start, ...`` of its request): the mask id on its first
@@ -488,6 +509,7 @@ def _score(
     uncond: torch.Tensor | None,
     cfg: torch.Tensor | None,
     allowed: torch.Tensor | None,
+    column_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``kernels.score_rows`` with each request's guidance formula: MaskGIT's
     ``(1+s)c - s*u`` or LLaDA's ``u + (s+1)(c-u)``, as upstream writes each."""
@@ -506,6 +528,7 @@ def _score(
             cfg_scale=cfg,
             cfg_formula=groups[0],
             allowed=allowed,
+            column_offset=column_offset,
         )
     ids = torch.empty(cond.shape[0], dtype=torch.int64, device=cond.device)
     conf = torch.empty(cond.shape[0], dtype=torch.float64, device=cond.device)
@@ -528,5 +551,6 @@ def _score(
             cfg_scale=cfg[rows],
             cfg_formula=formula,
             allowed=None if allowed is None else allowed[rows],
+            column_offset=column_offset,
         )
     return ids, conf

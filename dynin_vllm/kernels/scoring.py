@@ -65,12 +65,19 @@ def score_rows_torch(
     cfg_scale: torch.Tensor | None = None,
     cfg_formula: str = CFG_LLADA,
     allowed: torch.Tensor | None = None,
+    column_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score ``[N, V]`` logits rows; returns ``(ids [N] int64, conf [N] float64)``.
 
     ``temperature``, ``seed``, ``step``, ``position`` and ``cfg_scale`` are per
-    row; rows with ``cfg_scale == 0`` ignore ``uncond_logits``.
+    row; rows with ``cfg_scale == 0`` ignore ``uncond_logits``. With
+    ``column_offset`` the logits hold vocabulary columns ``column_offset,
+    ...`` only (a restricted LM head): ``allowed`` and the returned ids are
+    vocabulary ids, and the noise is drawn for the vocabulary columns, so the
+    samples equal those from full-width logits.
     """
+    if allowed is not None and column_offset:
+        allowed = (allowed - column_offset).clamp(min=0)
     num_rows = logits.shape[0]
     ids = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
     conf = torch.empty(num_rows, dtype=torch.float64, device=logits.device)
@@ -109,7 +116,7 @@ def score_rows_torch(
                 step[rows][hot],
                 position[rows][hot],
                 chunk.shape[-1],
-                first,
+                column_offset + first,
             )
             perturbed = (
                 chunk[hot].double().exp() / (-torch.log(u)) ** temp[hot][:, None]
@@ -120,7 +127,7 @@ def score_rows_torch(
         shifted = chunk - best[:, None]
         total = torch.exp(shifted).sum(dim=-1, dtype=torch.float64)
         picked = shifted.gather(-1, chosen[:, None]).squeeze(-1).double()
-        ids[rows] = chosen + first
+        ids[rows] = chosen + first + column_offset
         conf[rows] = torch.exp(picked) / total
     return ids, conf
 

@@ -327,6 +327,7 @@ def _score_kernel(
     stride_l,
     stride_u,
     stride_a,
+    col_offset,
     HAS_CFG: tl.constexpr,
     MASKGIT_CFG: tl.constexpr,
     NUM_RANGES: tl.constexpr,
@@ -380,7 +381,8 @@ def _score_kernel(
         if hot:
             _score_row(
                 lrow, urow, scale, use_cfg, lo, hi, temp, seed_ptr, step_ptr,
-                pos_ptr, row, row64, split, t_start, t_stop, V, ids_ptr, conf_ptr,
+                pos_ptr, row, row64, split, t_start, t_stop, V, col_offset, ids_ptr,
+                conf_ptr,
                 part_max_ptr, part_sum_ptr, part_key_ptr, part_idx_ptr, part_x_ptr,
                 True, HAS_CFG, MASKGIT_CFG, NUM_RANGES > 0, SPLITS, BLOCK,
                 CTR_STEP, STREAM_OFFSET,
@@ -388,7 +390,8 @@ def _score_kernel(
         else:
             _score_row(
                 lrow, urow, scale, use_cfg, lo, hi, temp, seed_ptr, step_ptr,
-                pos_ptr, row, row64, split, t_start, t_stop, V, ids_ptr, conf_ptr,
+                pos_ptr, row, row64, split, t_start, t_stop, V, col_offset, ids_ptr,
+                conf_ptr,
                 part_max_ptr, part_sum_ptr, part_key_ptr, part_idx_ptr, part_x_ptr,
                 False, HAS_CFG, MASKGIT_CFG, NUM_RANGES > 0, SPLITS, BLOCK,
                 CTR_STEP, STREAM_OFFSET,
@@ -397,7 +400,8 @@ def _score_kernel(
         if not hot:
             _score_row(
                 lrow, urow, scale, use_cfg, lo, hi, temp, seed_ptr, step_ptr,
-                pos_ptr, row, row64, split, t_start, t_stop, V, ids_ptr, conf_ptr,
+                pos_ptr, row, row64, split, t_start, t_stop, V, col_offset, ids_ptr,
+                conf_ptr,
                 part_max_ptr, part_sum_ptr, part_key_ptr, part_idx_ptr, part_x_ptr,
                 False, HAS_CFG, MASKGIT_CFG, NUM_RANGES > 0, SPLITS, BLOCK,
                 CTR_STEP, STREAM_OFFSET,
@@ -406,7 +410,8 @@ def _score_kernel(
         if hot:
             _score_row(
                 lrow, urow, scale, use_cfg, lo, hi, temp, seed_ptr, step_ptr,
-                pos_ptr, row, row64, split, t_start, t_stop, V, ids_ptr, conf_ptr,
+                pos_ptr, row, row64, split, t_start, t_stop, V, col_offset, ids_ptr,
+                conf_ptr,
                 part_max_ptr, part_sum_ptr, part_key_ptr, part_idx_ptr, part_x_ptr,
                 True, HAS_CFG, MASKGIT_CFG, NUM_RANGES > 0, SPLITS, BLOCK,
                 CTR_STEP, STREAM_OFFSET,
@@ -431,6 +436,7 @@ def _score_row(
     t_start,
     t_stop,
     V,
+    col_offset,
     ids_ptr,
     conf_ptr,
     part_max_ptr,
@@ -455,6 +461,9 @@ def _score_row(
             tl.load(pos_ptr + row),
             STREAM_OFFSET,
         )
+        # Logits that start at vocabulary column ``col_offset``: draw the
+        # noise of the vocabulary columns (draw i is key + (i+1)*golden).
+        key0 = key0 + tl.cast(col_offset, tl.uint64) * _K_GOLDEN
     else:
         key0 = 0
     run_max, run_sum, best_key, best_idx, best_x = _score_scan(
@@ -542,6 +551,7 @@ def score_rows_triton(
     cfg_scale: torch.Tensor | None = None,
     cfg_formula: str = CFG_LLADA,
     allowed: torch.Tensor | None = None,
+    column_offset: int = 0,
     splits: int | None = None,
     block_v: int = SCORE_BLOCK_V,
     num_warps: int = SCORE_WARPS,
@@ -576,7 +586,10 @@ def score_rows_triton(
     else:
         uncond, stride_u, scale = logits, 0, logits  # placeholders, never read
     if allowed is not None and allowed.shape[1] > 0:
-        ranges = allowed.to(device=device, dtype=torch.int64).contiguous()
+        ranges = allowed.to(device=device, dtype=torch.int64)
+        if column_offset:
+            ranges = (ranges - column_offset).clamp(min=0)
+        ranges = ranges.contiguous()
         num_ranges = ranges.shape[1]
         stride_a = ranges.stride(0)
     else:
@@ -629,6 +642,7 @@ def score_rows_triton(
             logits.stride(0),
             stride_u,
             stride_a,
+            column_offset,
             HAS_CFG=has_cfg,
             MASKGIT_CFG=cfg_formula == CFG_MASKGIT,
             NUM_RANGES=num_ranges,
@@ -647,6 +661,8 @@ def score_rows_triton(
             ids, conf, part_max, part_sum, part_key, part_idx, part_x,
             SPLITS=splits, num_warps=1, enable_fp_fusion=False,
         )  # fmt: skip
+    if column_offset:
+        ids += column_offset
     return ids, conf
 
 

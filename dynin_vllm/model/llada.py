@@ -348,6 +348,9 @@ class LLaDAForMaskedDiffusion(
         # Matrices may be padded past vocab_size (embedding_size); logits are
         # cut back to vocab_size.
         self.logits_processor = LogitsProcessor(config.vocab_size)
+        # Vocabulary columns [lo, hi) the next logits need (the runner sets
+        # them when every row of a step is restricted, e.g. image codes).
+        self._logits_columns: tuple[int, int] | None = None
         # Not a submodule: its weights are not in the checkpoint.
         self._image_encoder = (
             ImageEncoder.for_model(vllm_config.model_config.model)
@@ -423,8 +426,32 @@ class LLaDAForMaskedDiffusion(
             input_ids, positions, intermediate_tensors, inputs_embeds
         )
 
+    def set_logits_columns(self, columns: tuple[int, int] | None) -> bool:
+        """Compute only vocabulary columns ``[lo, hi)`` in :meth:`compute_logits`
+        from now on (``None``: all of them). Returns whether the restriction
+        applies: it does not where the LM head cannot be sliced (tensor
+        parallel shards, quantized or LoRA-wrapped heads, scaled or capped
+        logits), and then the logits stay full width."""
+        head = self.lm_head
+        sliceable = (
+            columns is not None
+            and get_tensor_model_parallel_world_size() == 1
+            and type(getattr(head, "quant_method", None)).__name__
+            == "UnquantizedEmbeddingMethod"
+            and isinstance(getattr(head, "weight", None), torch.Tensor)
+            and head.weight.dtype.is_floating_point
+            and getattr(head, "bias", None) is None
+            and self.logits_processor.scale == 1.0
+            and self.logits_processor.soft_cap is None
+        )
+        self._logits_columns = columns if sliceable else None
+        return sliceable
+
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        return self.logits_processor(self.lm_head, hidden_states)
+        if self._logits_columns is None:
+            return self.logits_processor(self.lm_head, hidden_states)
+        lo, hi = self._logits_columns
+        return nn.functional.linear(hidden_states, self.lm_head.weight[lo:hi])
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load HF-named tensors, checking names and full shapes against the layout.

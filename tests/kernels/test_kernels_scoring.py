@@ -337,3 +337,82 @@ def test_sampling_a_large_vocabulary(ops) -> None:
     assert abs(hits - n * p) < 4 * sd, (hits, n * p)
     # The weak ids are spread over the vocabulary, not stuck in one tile.
     assert len(set((ids[ids != 1234] // 512).tolist())) == 4
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+def test_a_column_window_scores_as_the_full_vocabulary(ops, splits) -> None:
+    """A restricted LM head hands over only columns ``[lo, hi)``: with
+    ``column_offset=lo`` both scorers choose the same vocabulary ids, with the
+    same confidences and (sampled rows) the same noise, as from full-width
+    logits with the same allowed ranges."""
+    gen = torch.Generator().manual_seed(31)
+    num_rows, vocab, lo, hi = 9, 900, 300, 700
+    logits = 3 * torch.randn(num_rows, vocab, generator=gen)
+    temperature = torch.tensor([0.0, 1.0, 0.7] * 3)
+    rows = _rows(num_rows, gen)
+    allowed = torch.tensor([[[lo, 520], [600, hi]]] * num_rows)
+    full = score_rows_torch(logits, temperature, *rows, allowed=allowed)
+    window = logits[:, lo:hi].contiguous()
+    for ids, conf in (
+        score_rows_torch(window, temperature, *rows, allowed=allowed, column_offset=lo),
+        ops.score_rows_triton(
+            window, temperature, *rows, allowed=allowed, column_offset=lo,
+            block_v=64, splits=splits,
+        ),
+    ):  # fmt: skip
+        assert torch.equal(ids, full[0])
+        torch.testing.assert_close(
+            conf.to(torch.float64), full[1], rtol=CONF_RTOL, atol=0
+        )
+    assert bool(((full[0] >= lo) & (full[0] < hi)).all())
+
+
+@pytest.mark.parametrize("cfg_formula", ["maskgit", "llada"])
+def test_generation_rows_sample_the_guided_restricted_softmax(cfg_formula) -> None:
+    """MaskGIT candidates (image rows) and speech rows at temperature 1: the
+    draws follow softmax of the guided logits over the allowed ids only, and
+    the confidence is the drawn id's probability there; a window of the
+    vocabulary (``column_offset``) draws exactly the same ids."""
+    gen = torch.Generator().manual_seed(3)
+    vocab, n, scale = 40, 20000, 2.5
+    cond_row = 1.5 * torch.randn(vocab, generator=gen)
+    uncond_row = 1.5 * torch.randn(vocab, generator=gen)
+    spans = [[20, 30], [3, 4], [7, 8]]  # like the speech units, <|eoa|>, EOS
+    allowed_ids = [i for lo, hi in spans for i in range(lo, hi)]
+    guided = (
+        (1 + scale) * cond_row.double() - scale * uncond_row.double()
+        if cfg_formula == "maskgit"
+        else uncond_row.double()
+        + (scale + 1) * (cond_row.double() - uncond_row.double())
+    )
+    probs = torch.zeros(vocab, dtype=torch.float64)
+    probs[allowed_ids] = torch.softmax(guided[allowed_ids], dim=0)
+    args = (
+        torch.ones(n),
+        torch.full((n,), 77, dtype=torch.int64),
+        torch.full((n,), 2, dtype=torch.int64),
+        torch.arange(n, dtype=torch.int64),
+    )
+    kwargs = {
+        "cfg_scale": torch.full((n,), scale),
+        "cfg_formula": cfg_formula,
+        "allowed": torch.tensor([spans] * n),
+    }
+    ids, conf = score_rows_torch(
+        cond_row.expand(n, -1), *args, uncond_logits=uncond_row.expand(n, -1), **kwargs
+    )
+    counts = torch.bincount(ids, minlength=vocab).double()
+    assert counts[[i for i in range(vocab) if i not in allowed_ids]].sum() == 0
+    assert _chi2_fit(counts[allowed_ids], probs[allowed_ids]) > 1e-3
+    torch.testing.assert_close(conf, probs[ids], rtol=1e-6, atol=0)
+    # The test has power: the unguided softmax is rejected.
+    plain = torch.softmax(cond_row.double()[allowed_ids], dim=0)
+    assert _chi2_fit(counts[allowed_ids], plain) < 1e-6
+    windowed, _ = score_rows_torch(
+        cond_row[3:30].expand(n, -1),
+        *args,
+        uncond_logits=uncond_row[3:30].expand(n, -1),
+        column_offset=3,
+        **kwargs,
+    )
+    assert torch.equal(windowed, ids)
