@@ -14,9 +14,13 @@ from PIL import Image
 pytestmark = pytest.mark.engine
 
 
+#: The CPU test engine settings (a small KV cache beside the suite's engines).
+ENGINE = ("--gpu-memory-utilization", "0.15", "--enforce-eager")
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "dynin_vllm.demo.media_batch", *args],
+        [sys.executable, "-m", "dynin_vllm.demo.media_batch", *args, *ENGINE],
         capture_output=True,
         text=True,
         timeout=600,

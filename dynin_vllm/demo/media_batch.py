@@ -16,7 +16,8 @@ Inputs and outputs follow upstream's validation scripts:
 
 Every request goes to the engine at once (it batches them, with vLLM's
 progress bar); decoding and writing show a second one. Options left unset use
-the server-side task defaults (``README.md``).
+the task defaults (``README.md``); ``--max-model-len``,
+``--gpu-memory-utilization`` and ``--enforce-eager`` go to the engine.
 """
 
 from __future__ import annotations
@@ -73,7 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="request i uses seed+i")
     parser.add_argument("--voice", default="alloy", help="tts: voice or EMOVA style")
     parser.add_argument("--max-new-tokens", type=int, default=383, help="tts")
-    parser.add_argument("--max-model-len", type=int)
+    parser.add_argument("--max-model-len", type=int, help="vLLM engine argument")
+    parser.add_argument(
+        "--gpu-memory-utilization", type=float, help="vLLM engine argument"
+    )
+    parser.add_argument(
+        "--enforce-eager", action="store_true", help="vLLM engine argument"
+    )
     args = parser.parse_args(argv)
     if args.task == "i2i" and args.source_dir is None:
         parser.error("i2i needs --source-dir")
@@ -128,7 +135,11 @@ def _run(args: argparse.Namespace, jobs: list[dict[str, Any]]) -> int:
                 **options,
             )  # fmt: skip
         requests.append(request)
-    engine = {"max_model_len": args.max_model_len} if args.max_model_len else {}
+    engine = {
+        name: getattr(args, name)
+        for name in ("max_model_len", "gpu_memory_utilization", "enforce_eager")
+        if getattr(args, name)
+    }
     llm = LLM(model=args.model, **engine)
     outputs = llm.generate(
         [r.prompt for r in requests], [r.sampling_params for r in requests]
