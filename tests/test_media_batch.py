@@ -52,22 +52,29 @@ def test_text_to_image_writes_geneval_folders(dynin_checkpoint, tmp_path):
     assert "Writing" in result.stderr  # the progress bar
 
 
-def test_image_edits_and_speech(dynin_checkpoint, tmp_path):
+def test_image_edits_and_speech(dynin_checkpoint, dynin_llm, tmp_path):
+    """The i2i and tts inputs, run on the shared engine (in process)."""
+    from dynin_vllm.demo.media_batch import build_parser, read_jobs, run
+
+    def generate(*argv: str) -> None:
+        args = build_parser().parse_args(argv)
+        assert run(args, read_jobs(args), llm=dynin_llm) == 0
+
     sources = tmp_path / "sources"
     sources.mkdir()
     Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(sources / "cat.png")
     edits = tmp_path / "i2i_edits.json"
     edits.write_text(json.dumps({"7": {"id": "cat.png", "prompt": "make it red"}}))
-    _cli(
+    generate(
         "i2i", str(dynin_checkpoint), str(edits), str(tmp_path / "edited"),
-        "--source-dir", str(sources), "--steps", "2",
+        "--source-dir", str(sources), "--steps", "2", "--size", "64",
     )  # fmt: skip
-    assert Image.open(tmp_path / "edited" / "7.png").size == (336, 336)
+    assert Image.open(tmp_path / "edited" / "7.png").size == (64, 64)
     texts = tmp_path / "texts.txt"
     texts.write_text("Hello there.\n\nGood morning.\n")
-    _cli(
+    generate(
         "tts", str(dynin_checkpoint), str(texts), str(tmp_path / "speech"),
-        "--max-new-tokens", "12", "--max-model-len", "512",
+        "--max-new-tokens", "12",
     )  # fmt: skip
     import soundfile as sf
 

@@ -59,7 +59,8 @@ def _natural(key: str) -> tuple[int, Any]:
     return (0, int(key)) if key.isdigit() else (1, key)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``dynin-generate``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("task", choices=("t2i", "i2i", "tts"))
     parser.add_argument("model", help="checkpoint directory or hub id")
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--source-dir", type=Path, help="i2i: the source images")
     parser.add_argument("--n-samples", type=int, default=1, help="t2i: per prompt")
-    parser.add_argument("--size", type=int, help="t2i: pixels (default 512)")
+    parser.add_argument(
+        "--size", type=int, help="pixels (default: t2i 512, i2i 336, square)"
+    )
     parser.add_argument("--steps", type=int, help="denoising steps")
     parser.add_argument("--guidance-scale", type=float)
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -81,9 +84,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--enforce-eager", action="store_true", help="vLLM engine argument"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.task == "i2i" and args.source_dir is None:
         parser.error("i2i needs --source-dir")
+    return run(args, read_jobs(args))
+
+
+def read_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The requests ``args.inputs`` asks for, checked."""
     if args.task == "t2i":
         jobs = _t2i_jobs(args.inputs, args.n_samples)
     elif args.task == "i2i":
@@ -93,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [{"index": i, "text": t} for i, t in enumerate(texts) if t.strip()]
     if not jobs:
         raise SystemExit(f"{args.inputs}: nothing to generate")
-    return _run(args, jobs)
+    return jobs
 
 
-def _run(args: argparse.Namespace, jobs: list[dict[str, Any]]) -> int:
+def run(args: argparse.Namespace, jobs: list[dict[str, Any]], llm: Any = None) -> int:
+    """Generate and write ``jobs`` (parsed from ``args.inputs``); with ``llm``
+    (a ``vllm.LLM``), on that engine instead of a new one."""
     from tqdm import tqdm
     from transformers import AutoTokenizer
     from vllm import LLM
@@ -125,7 +140,7 @@ def _run(args: argparse.Namespace, jobs: list[dict[str, Any]]) -> int:
                 tokenizer, job["meta"]["prompt"], seed=seed, **size, **options
             )
         elif args.task == "i2i":
-            codes = codecs.encode_image(job["source"].read_bytes(), 336)
+            codes = codecs.encode_image(job["source"].read_bytes(), args.size or 336)
             request = generation.image_editing_request(
                 tokenizer, job["prompt"], codes, seed=seed, **options
             )
@@ -140,7 +155,8 @@ def _run(args: argparse.Namespace, jobs: list[dict[str, Any]]) -> int:
         for name in ("max_model_len", "gpu_memory_utilization", "enforce_eager")
         if getattr(args, name)
     }
-    llm = LLM(model=args.model, **engine)
+    if llm is None:
+        llm = LLM(model=args.model, **engine)
     outputs = llm.generate(
         [r.prompt for r in requests], [r.sampling_params for r in requests]
     )
