@@ -95,6 +95,7 @@ def score_args(
         "stride_l": "i32:16",
         "stride_u": "i32:16",
         "stride_a": "i32",
+        "col_offset": "i32",
         "HAS_CFG": has_cfg,
         "MASKGIT_CFG": maskgit,
         "NUM_RANGES": ranges,
