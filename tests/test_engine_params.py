@@ -36,7 +36,15 @@ NONE = {
     "likelihood_tokens": None,
 }
 #: The likelihood settings as resolved (``mc_batch_size``: ``min(32, mc_num)``).
-MONTE_CARLO = {"mc_num": 128, "mc_batch_size": 32}
+MONTE_CARLO = {
+    "mc_num": 128,
+    "mc_batch_size": 32,
+    # Generation-task fields, unset for text.
+    "allowed_token_ranges": None,
+    "uncond_masked_slots": 0,
+    "position_gap": None,
+    "uncond_position_gap": None,
+}
 
 
 def _run(llm, extra: dict | None, seed: int | None = 5) -> dict:

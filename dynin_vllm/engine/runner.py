@@ -204,7 +204,9 @@ class DiffusionRunnerMixin:
         this step can choose from (image codes, speech units), when no row
         may take any id (text, likelihood rows)."""
         window = None
-        if not num_rows:
+        if self.num_prompt_logprobs:
+            window = None  # vLLM's prompt logprobs need full rows
+        elif not num_rows:
             window = (0, 1)  # the placeholder row: nothing reads it
         elif not self._likelihood_plan.logits_rows.numel():
             window = logits_window(self._step_plan)
@@ -236,6 +238,9 @@ class DiffusionRunnerMixin:
             segment += (segment >= index).to(segment.dtype) * size
 
     def _sample(self, logits: torch.Tensor | None, spec_decode_metadata: Any) -> Any:
+        # The window served this step's sampling rows only: vLLM computes
+        # prompt logprobs with the same LM head after this.
+        self.get_model().set_logits_columns(None)
         plan, self._step_plan = self._step_plan, None
         likelihood_plan, self._likelihood_plan = self._likelihood_plan, None
         emitted: dict[str, list[int]] = {}
