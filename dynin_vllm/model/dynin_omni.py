@@ -27,6 +27,7 @@ from vllm.model_executor.models.interfaces import SupportsTranscription
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from dynin_vllm.model.llada import LLaDAForMaskedDiffusion
+from dynin_vllm.multimodal.generation import chat_turn
 from dynin_vllm.multimodal.processor import (
     DyninDummyInputsBuilder,
     DyninMultiModalProcessor,
@@ -51,14 +52,6 @@ def transcription_clip_seconds(max_model_len: int) -> int:
     units = max_model_len - ASR_ANSWER_LENGTH - PROMPT_TEXT_ALLOWANCE
     seconds = units * SAMPLES_PER_UNIT // AUDIO_SAMPLE_RATE
     return max(1, min(TRANSCRIPTION_CLIP_SECONDS, seconds))
-
-
-def user_turn(text: str) -> str:
-    """Upstream's single user turn, ending with the assistant header (no BOS)."""
-    return (
-        "<|start_header_id|>user<|end_header_id|>\n"
-        f"{text}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n"
-    )
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -93,7 +86,7 @@ class DyninOmniForMaskedDiffusion(LLaDAForMaskedDiffusion, SupportsTranscription
         instruction = (stt_params.request_prompt or "").strip() or ASR_INSTRUCTION
         rate = stt_params.stt_config.sample_rate
         return {
-            "prompt": user_turn(instruction),
+            "prompt": chat_turn(instruction),
             "multi_modal_data": {"audio": (stt_params.audio, rate)},
         }
 
