@@ -298,6 +298,8 @@ TOUCHED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
         {},
         ("request_id", "finish_reason", "kv_transfer_params"),
     ),
+    "vllm.v1.engine:EngineCoreOutputs": ({}, ("outputs",)),
+    "vllm.v1.request:Request": ({}, ("request_id", "client_index", "status")),
     "vllm.multimodal.media.image:ImageMediaIO": (
         {"load_bytes": ("self", "data"), "load_file": ("self", "filepath")},
         (),
@@ -351,6 +353,12 @@ CALL_KEYWORDS: dict[str, tuple[str, ...]] = {
         "priority",
     ),
     "vllm.v1.outputs:SamplerOutput": ("sampled_token_ids", "logprobs_tensors"),
+    "vllm.v1.engine:EngineCoreOutput": (
+        "request_id",
+        "new_token_ids",
+        "kv_transfer_params",
+    ),
+    "vllm.v1.engine:EngineCoreOutputs": ("outputs",),
     "vllm.v1.outputs:LogprobsTensors": (
         "logprob_token_ids",
         "logprobs",
@@ -636,6 +644,26 @@ def new_request(like: Any, **fields: Any) -> Any:
         priority=like.priority,
         **fields,
     )
+
+
+def add_engine_output(
+    outputs: dict[int, Any], request: Any, kv_transfer_params: dict[str, Any]
+) -> None:
+    """Add a token-less output for ``request`` to a step's engine outputs
+    (``Scheduler.update_from_output``'s result, keyed by client index),
+    carrying ``kv_transfer_params`` to the front end."""
+    from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
+
+    output = EngineCoreOutput(
+        request_id=request.request_id,
+        new_token_ids=[],
+        kv_transfer_params=kv_transfer_params,
+    )
+    batch = outputs.get(request.client_index)
+    if batch is None:
+        outputs[request.client_index] = EngineCoreOutputs(outputs=[output])
+    else:
+        batch.outputs.append(output)
 
 
 def mount_endpoint_plugin(factory: Callable[[], Any]) -> None:

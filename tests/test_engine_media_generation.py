@@ -86,9 +86,9 @@ def _request(tokenizer, name: str, **overrides):
     )
 
 
-def _reference(model, tokenizer, name: str) -> list[int]:
+def _reference(model, tokenizer, name: str, on_step=None) -> list[int]:
     """The engine's expected answer: image ids plus ``<|eoi|>``, or the
-    speech region."""
+    speech region (``on_step``: see ``maskgit_generate``)."""
     task, options = CASES[name]
     offset = len(tokenizer)
     if task == "speech":
@@ -134,6 +134,7 @@ def _reference(model, tokenizer, name: str) -> list[int]:
         uncond_attention_mask=uncond_mask,
         uncond_prefix_len=prefix,
         temperature=0.0,
+        on_step=on_step,
     )
     return [offset + c for c in codes] + [layouts.EOI]
 
@@ -281,3 +282,42 @@ def test_the_lm_head_computes_only_the_allowed_columns(llm, tokenizer, expected)
     )
     assert list(_generate_text[0].outputs[0].token_ids) == expected["t2i-no-cfg"]
     assert work()["full_rows"] > after["full_rows"]
+
+
+@pytest.mark.parametrize("name", ["t2i-upstream-prefix", "i2i"])
+def test_previews_are_the_reference_steps_predictions(
+    llm, tokenizer, expected, reference_model, name
+):
+    """A streaming request gets the canvas's prediction after each previewed
+    step: upstream's step-wise decoding input (every slot filled), here after
+    steps 1-3 of 4, and then the same final answer."""
+    from vllm.sampling_params import RequestOutputKind
+
+    from dynin_vllm.engine.previews import preview_tokens
+
+    offset = len(tokenizer)
+    predictions: list[list[int]] = []
+    _reference(
+        reference_model,
+        tokenizer,
+        name,
+        on_step=lambda step, codes: predictions.append(
+            [offset + c for c in codes] + [layouts.EOI]
+        ),
+    )
+    request = _request(tokenizer, name, num_previews=3)
+    params = request.sampling_params
+    params.output_kind = RequestOutputKind.DELTA
+    engine = llm.llm_engine
+    engine.add_request(f"previews-{name}", request.prompt, params)
+    previews, tokens, finished = [], [], False
+    while not finished:
+        for output in engine.step():
+            if (preview := preview_tokens(output)) is not None:
+                assert not tokens, "a preview arrived after the answer"
+                previews.append(preview)
+            tokens += output.outputs[0].token_ids
+            finished = finished or output.finished
+    assert tokens == expected[name]
+    assert previews == predictions[:3]
+    assert previews[0] != previews[-1]

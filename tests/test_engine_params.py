@@ -44,6 +44,7 @@ MONTE_CARLO = {
     "uncond_masked_slots": 0,
     "position_gap": None,
     "uncond_position_gap": None,
+    "num_previews": 0,
 }
 
 

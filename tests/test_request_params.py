@@ -170,3 +170,21 @@ def test_a_prompt_text_that_does_not_spell_the_holes_is_left_alone():
     infill.apply_filled_prompt(state, infill.attach(None, [1], [7]))
     assert state.prompt == "token ids given"
     assert state.prompt_token_ids == [1, 7]
+
+
+def test_previews_are_for_maskgit_tasks_and_evenly_spaced():
+    from dynin_vllm.diffusion.state import preview_steps
+
+    params = parse_params({"task": "image_generation", "num_previews": 3})
+    assert params.num_previews == 3
+    assert DiffusionParams.from_wire(params.to_wire()) == params
+    for bad in ({"num_previews": 2}, {"task": "speech_generation", "num_previews": 1}):
+        with pytest.raises(DiffusionParamError, match="num_previews"):
+            parse_params(bad)
+    with pytest.raises(DiffusionParamError, match="num_previews"):
+        parse_params({"task": "image_editing", "num_previews": -1})
+    # Upstream's 20 T2I steps; the last step's prediction is the result.
+    assert preview_steps(3, 20) == {5, 10, 15}
+    assert preview_steps(2, 64) == {21, 42}
+    assert preview_steps(3, 2) == {1}
+    assert preview_steps(0, 20) == set()

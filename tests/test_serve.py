@@ -993,10 +993,15 @@ TTS_SLOTS = 16
 TTS_TEXT = "Hello there."
 
 
-def _t2i_reference_pixels(tokenizer, reference_model, magvit, prompt: str):
+def _t2i_reference_pixels(
+    tokenizer, reference_model, magvit, prompt: str, step_pixels=None
+):
+    """The reference image's pixels; ``step_pixels`` (a list) also gets each
+    step's prediction decoded, as upstream's step-wise decoding shows it."""
     from dynin_vllm.reference import prompts
     from dynin_vllm.reference.media_generation import maskgit_generate
 
+    step_codes: list[list[int]] = []
     ids, mask = prompts.t2i_prompt(tokenizer, prompt, T2I_SLOTS)
     uncond, uncond_mask = prompts.t2i_prompt(tokenizer, "", T2I_SLOTS)
     codes = maskgit_generate(
@@ -1010,6 +1015,7 @@ def _t2i_reference_pixels(tokenizer, reference_model, magvit, prompt: str):
         uncond_prompt=uncond,
         uncond_attention_mask=uncond_mask,
         temperature=0.0,
+        on_step=lambda step, codes: step_codes.append(codes),
     )
     import torch
 
@@ -1017,7 +1023,80 @@ def _t2i_reference_pixels(tokenizer, reference_model, magvit, prompt: str):
 
     with torch.no_grad():
         pixels = magvit.decode(torch.tensor([codes]), (4, 4))
+        if step_pixels is not None:
+            decoded = magvit.decode(torch.tensor(step_codes), (4, 4))
+            step_pixels.extend(postprocess_images(decoded))
     return postprocess_images(pixels)[0]
+
+
+def _close(got: np.ndarray, want: np.ndarray) -> bool:
+    """The same codes decoded apart: a rare channel may round the other way."""
+    diff = np.abs(got.astype(int) - want.astype(int))
+    return bool(diff.max() <= 1 and (diff > 0).mean() < 1e-3)
+
+
+def test_streamed_image_sends_partial_images_before_the_final_one(
+    server, tokenizer, reference_model, dynin_checkpoint
+):
+    """``stream`` with ``partial_images``: the canvas's prediction after
+    evenly spaced steps (here steps 1 and 2 of 4), as upstream's step-wise
+    decoding shows it, then the image the unstreamed request gives."""
+    from dynin_vllm.multimodal.image_tokenizer import load_magvit2
+
+    base, model = server
+    client = _openai(base)
+    magvit = load_magvit2(dynin_checkpoint / "magvitv2").float().eval()
+    steps: list[np.ndarray] = []
+    want = _t2i_reference_pixels(
+        tokenizer, reference_model, magvit, "a red cube", step_pixels=steps
+    )
+    events = list(
+        client.images.generate(
+            model=model,
+            prompt="a red cube",
+            size="64x64",
+            stream=True,
+            partial_images=2,
+            extra_body={"num_inference_steps": T2I_STEPS, "temperature": 0},
+        )
+    )
+    assert [e.type for e in events] == [
+        "image_generation.partial_image",
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]
+    assert [e.partial_image_index for e in events[:2]] == [0, 1]
+    for event, step in zip(events[:2], steps[:2], strict=True):
+        assert event.size == "64x64" and _close(_png_pixels(event.b64_json), step)
+    assert not _close(steps[0], want)  # a partial image is not the result
+    final = events[-1]
+    assert _close(_png_pixels(final.b64_json), want)
+    assert final.usage.output_tokens == T2I_SLOTS + 1
+
+    source = ("source.png", _edit_source_png(), "image/png")
+    edit_events = list(
+        client.images.edit(
+            model=model,
+            image=source,
+            prompt="make it blue",
+            size="64x64",
+            stream=True,
+            partial_images=1,
+            extra_body={"num_inference_steps": 3, "seed": 4},
+        )
+    )
+    assert [e.type for e in edit_events] == [
+        "image_edit.partial_image",
+        "image_edit.completed",
+    ]
+    (unstreamed,) = client.images.edit(
+        model=model,
+        image=source,
+        prompt="make it blue",
+        size="64x64",
+        extra_body={"num_inference_steps": 3, "seed": 4},
+    ).data
+    assert edit_events[-1].b64_json == unstreamed.b64_json
 
 
 def _png_pixels(b64: str) -> np.ndarray:
@@ -1184,13 +1263,18 @@ def test_bad_generation_requests_get_400_naming_the_field_while_good_ones_run(
     thread.start()
     image_cases = {
         "size": [{"size": "100x100"}, {"size": "2048x2048"}, {"size": "big"}],
-        "n": [{"n": 0}, {"n": 9}],
+        "n": [{"n": 0}, {"n": 9}, {"n": 2, "stream": True}],
         "prompt": [{"prompt": ""}, {"prompt": 5}],
         "response_format": [{"response_format": "url"}],
         "output_format": [{"output_format": "gif"}],
         "guidance_scale": [{"guidance_scale": -1}],
         "num_inference_steps": [{"num_inference_steps": 0}],
         "temperature": [{"temperature": "hot"}],
+        "partial_images": [
+            {"stream": True, "partial_images": 4},
+            {"partial_images": 2},
+        ],
+        "stream": [{"stream": "yes"}],
     }
     for field, bodies in image_cases.items():
         for body in bodies:

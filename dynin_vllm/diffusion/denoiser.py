@@ -73,6 +73,7 @@ class Denoiser:
         self.device = torch.device(device)
         self.states: dict[str, RequestState] = {}
         self._with_holes: set[str] = set()  # requests (and branches) that infill
+        self._previews: dict[str, list[int]] = {}  # see take_previews
 
     # --- request lifecycle -------------------------------------------------
     def add_request(
@@ -360,6 +361,7 @@ class Denoiser:
         factor = torch.tensor(
             [s.params.factor or 0.0 for s in states], dtype=torch.float64, device=device
         )
+        self._record_previews(states, num_holes, canvas, candidates, editable)
         maskgit = torch.tensor([s.uses_maskgit for s in states], device=device)
         if not bool(maskgit.any()):
             kernels.commit(
@@ -409,6 +411,37 @@ class Denoiser:
                     tokens, state.committed - len(tokens), state
                 )
         return emitted
+
+    def take_previews(self) -> dict[str, list[int]]:
+        """The predictions previewed by the last step (``preview_steps``):
+        ``{request id: answer tokens}``, every slot filled."""
+        previews, self._previews = self._previews, {}
+        return previews
+
+    def _record_previews(
+        self,
+        states: list[RequestState],
+        num_holes: list[int],
+        canvas: torch.Tensor,
+        candidates: torch.Tensor,
+        editable: torch.Tensor,
+    ) -> None:
+        """Keep the step's prediction of each request that previews it: its
+        candidates on the masked slots and the canvas elsewhere (what upstream's
+        step-wise MaskGIT decodes), before the re-masking."""
+        rows = [i for i, s in enumerate(states) if s.uses_maskgit and s.wants_preview()]
+        if not rows:
+            return
+        index = torch.tensor(rows, device=canvas.device)
+        predicted = torch.where(editable[index], candidates[index], canvas[index]).cpu()
+        for row, i in enumerate(rows):
+            state, n = states[i], num_holes[i]
+            start, end = state.block_bounds
+            block = predicted[row, n : n + end - start]
+            state.previewed_step = state.step + 1
+            self._previews[state.req_id] = (
+                state.answer[:start].tolist() + block.tolist()
+            )
 
     def _maskgit_commit(
         self,

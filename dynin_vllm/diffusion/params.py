@@ -45,6 +45,10 @@ position_gap   ``[index, size]``: prompt tokens from ``index`` on (and the
                which upstream masks out of attention in the middle of the
                sequence)
 uncond_position_gap  the same for the unconditional CFG branch's prompt
+num_previews   MaskGIT tasks: how many times, at evenly spaced steps before
+               the last, the engine reports the canvas's current prediction
+               (every slot filled, as upstream's step-wise decoding shows it),
+               for streaming partial images (``dynin_vllm.engine.previews``)
 likelihood_tokens  score instead of generate: the last ``likelihood_tokens``
                prompt tokens are the continuation, whose masked-diffusion
                log-likelihood (LLaDA's Monte Carlo ELBO) is returned as their
@@ -80,6 +84,9 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "mc_batch_size": None,
 }
 
+#: The most canvas previews one request may ask for.
+MAX_PREVIEWS = 16
+
 #: The most Monte Carlo rows one likelihood request may ask for.
 MAX_MC_NUM = 4096
 
@@ -95,6 +102,7 @@ PARAM_NAMES = (
     "uncond_masked_slots",
     "position_gap",
     "uncond_position_gap",
+    "num_previews",
 )
 
 #: The decoding rules a request chooses between: a request that sets one of
@@ -197,6 +205,7 @@ class DiffusionParams:
     uncond_masked_slots: int = 0
     position_gap: tuple[int, int] | None = None
     uncond_position_gap: tuple[int, int] | None = None
+    num_previews: int = 0
     # The names of BUILTIN_DEFAULTS that the request or the server set (a
     # task's own defaults apply to the others).
     explicit: tuple[str, ...] = ()
@@ -415,6 +424,15 @@ def parse_params(
         name: None if request.get(name) is None else _gap(name, request[name])
         for name in ("position_gap", "uncond_position_gap")
     }
+    num_previews = _int("num_previews", request.get("num_previews", 0), 0)
+    if num_previews > MAX_PREVIEWS:
+        raise DiffusionParamError(
+            "num_previews", f"must be in [0, {MAX_PREVIEWS}], got {num_previews}"
+        )
+    if num_previews and task not in MASKGIT_TASKS:
+        raise DiffusionParamError(
+            "num_previews", f"only {list(MASKGIT_TASKS)} requests preview their canvas"
+        )
     likelihood_tokens, mc_num, mc_batch_size = _likelihood(request, merged)
     if likelihood_tokens is not None and task != "text":
         raise DiffusionParamError("task", "a likelihood request scores text")
@@ -447,6 +465,7 @@ def parse_params(
         task=task,
         allowed_token_ranges=ranges,
         uncond_masked_slots=uncond_masked,
+        num_previews=num_previews,
         **gaps,
     )
 

@@ -30,6 +30,14 @@ from dynin_vllm.diffusion.params import DiffusionParams
 from dynin_vllm.diffusion.schedule import BlockLayout, transfer_counts
 
 
+def preview_steps(count: int, steps: int) -> set[int]:
+    """The (1-based) steps after which a ``steps``-step canvas previews its
+    prediction ``count`` times, evenly spaced; the last step never previews
+    (its prediction is the result), so a short schedule previews less."""
+    chosen = {max(1, steps * (j + 1) // (count + 1)) for j in range(count)}
+    return {s for s in chosen if s < steps}
+
+
 @dataclass
 class RequestState:
     """Denoising progress of one request (or of the CFG branch of one)."""
@@ -54,6 +62,9 @@ class RequestState:
         default_factory=lambda: torch.zeros(0, dtype=torch.int64)
     )
     prompt_len: int = 0
+    # The last step whose prediction was previewed (``preview_steps``); kept
+    # across a restart, so a preempted request never previews a step twice.
+    previewed_step: int = 0
     hole_values: torch.Tensor = field(init=False)  # current value of each hole
     _holes_at_block_start: torch.Tensor = field(init=False)
 
@@ -117,6 +128,14 @@ class RequestState:
     @property
     def uses_maskgit(self) -> bool:
         return self.params.sampler == "maskgit"
+
+    def wants_preview(self) -> bool:
+        """Whether the coming step's prediction is previewed (``num_previews``
+        of a MaskGIT request, at evenly spaced steps before its last)."""
+        step = self.step + 1
+        return step > self.previewed_step and step in preview_steps(
+            self.params.num_previews, self.layout.steps_per_block
+        )
 
     def _start_block(self) -> None:
         self.step = 0

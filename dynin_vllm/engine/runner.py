@@ -17,6 +17,9 @@ writes their current values into the input batch's prompt tokens before each
 forward (the scheduler's copy of the prompt never changes), asks for their
 logits when a forward covers the whole prompt, and reports their values to
 the scheduler with each step's output (``infill.PROMPT_FILLS_ATTR``).
+
+Previews: a MaskGIT request's prediction after each of its ``preview_steps``
+rides the step's output to the scheduler too (``previews.PREVIEWS_ATTR``).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from vllm.logger import init_logger
 
 from dynin_vllm import vllm_private
 from dynin_vllm.diffusion.denoiser import Denoiser, DraftSpan, StepPlan, logits_window
-from dynin_vllm.engine import cfg, infill
+from dynin_vllm.engine import cfg, infill, previews
 from dynin_vllm.engine.defaults import answer_length
 from dynin_vllm.engine.likelihood import (
     LikelihoodPlan,
@@ -69,6 +72,7 @@ class DiffusionRunnerMixin:
         self._likelihood_plan: LikelihoodPlan | None = None
         self._prefill_emissions: dict[str, list[int]] = {}
         self._step_fills: dict[str, list[int]] = {}
+        self._step_previews: dict[str, list[int]] = {}
         self._tp_size = get_tensor_model_parallel_world_size()
         self._vocab_columns = model_config.get_vocab_size()
         # Requests whose tokens from a prompt index on sit further in rotary
@@ -255,6 +259,7 @@ class DiffusionRunnerMixin:
             self._step_fills = {
                 s.req_id: s.hole_values.tolist() for s in plan.states if s.holes.numel()
             }
+            self._step_previews = self.denoiser.take_previews()
         if self._tp_size > 1:
             self._check_ranks_in_step()
         emitted.update(self._prefill_emissions)
@@ -283,10 +288,18 @@ class DiffusionRunnerMixin:
 
     def sample_tokens(self, *args: Any, **kwargs: Any) -> Any:
         output = super().sample_tokens(*args, **kwargs)
-        fills, self._step_fills = self._step_fills, {}
-        if fills and isinstance(output, vllm_private.model_runner_output_cls()):
+        reports = {
+            infill.PROMPT_FILLS_ATTR: self._step_fills,
+            previews.PREVIEWS_ATTR: self._step_previews,
+        }
+        self._step_fills, self._step_previews = {}, {}
+        if any(reports.values()) and isinstance(
+            output, vllm_private.model_runner_output_cls()
+        ):
             output = copy.copy(output)  # never touch vLLM's shared empty output
-            setattr(output, infill.PROMPT_FILLS_ATTR, fills)
+            for name, values in reports.items():
+                if values:
+                    setattr(output, name, values)
         return output
 
     def _check_ranks_in_step(self) -> None:

@@ -27,6 +27,8 @@ is committed, which the accounting keeps. This subclass adds five things.
 6. **Infilling** (``infill.py``): the hole values the runner reports are
    attached to a finishing request's output, for the front end to put back
    into the prompt it reports.
+7. **Previews** (``previews.py``): a previewed step adds a token-less output
+   carrying the canvas's prediction.
 
 Each request's facts live in one :class:`RequestRecord`; the scheduling rules
 themselves are pure functions in ``scheduling.py``.
@@ -43,7 +45,7 @@ from vllm.logger import init_logger
 from dynin_vllm import vllm_private
 from dynin_vllm.diffusion.params import DiffusionParams
 from dynin_vllm.diffusion.schedule import BlockLayout
-from dynin_vllm.engine import cfg, infill, scheduling
+from dynin_vllm.engine import cfg, infill, previews, scheduling
 from dynin_vllm.engine.defaults import answer_length
 from dynin_vllm.engine.stats import DiffusionStatsBuilder
 from dynin_vllm.engine.validation import ResolvedParamsError, resolved_params
@@ -281,6 +283,7 @@ class DiffusionScheduler(Scheduler):
         branches = {r for r in self._records if self._is_uncond(r)}
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         self._attach_filled_prompts(outputs)
+        self._add_previews(outputs, previews.step_previews(model_runner_output))
         for req_id, num_emitted in emitted.items():
             request = self.requests.get(req_id)
             if request is None or request.status != RequestStatus.RUNNING:
@@ -325,6 +328,20 @@ class DiffusionScheduler(Scheduler):
                     output.kv_transfer_params = infill.attach(
                         output.kv_transfer_params, record.holes, record.hole_values
                     )
+
+    def _add_previews(self, outputs: dict, step_previews: dict) -> None:
+        """A token-less output per previewed request still denoising."""
+        for req_id, tokens in step_previews.items():
+            request = self.requests.get(req_id)
+            if (
+                request is None
+                or request.status != RequestStatus.RUNNING
+                or self._is_uncond(req_id)
+            ):
+                continue
+            vllm_private.add_engine_output(
+                outputs, request, previews.preview_params(tokens)
+            )
 
     def update_draft_token_ids(self, draft_token_ids: Any) -> None:
         super().update_draft_token_ids(draft_token_ids)

@@ -121,12 +121,15 @@ def image_generation_request(
     temperature: float = 1.0,
     seed: int | None = None,
     mode: str | None = None,
+    num_previews: int = 0,
 ) -> GenerationRequest:
     """Text to image (``t2i_generate``): MaskGIT over ``size``'s image codes.
 
     ``steps`` defaults to 20 and ``guidance_scale`` to 3.5 (the server's
     defaults for the task apply when unset); ``temperature`` scales the
     re-masking noise (candidates are drawn at temperature 1; 0 is greedy).
+    ``num_previews``: partial canvases a streaming client receives
+    (``dynin_vllm.engine.previews``).
     """
     if uncond_prefix not in UNCOND_PREFIXES:
         raise ValueError(f"uncond_prefix must be one of {UNCOND_PREFIXES}")
@@ -150,6 +153,7 @@ def image_generation_request(
         "steps": steps,
         "cfg_scale": guidance_scale,
         "mode": mode,
+        "num_previews": num_previews or None,
     }
     return GenerationRequest(
         prompt={"prompt_token_ids": text_ids(prompt)},
@@ -193,6 +197,7 @@ def image_editing_request(
     temperature: float = 1.0,
     seed: int | None = None,
     mode: str | None = None,
+    num_previews: int = 0,
 ) -> GenerationRequest:
     """Image editing (``i2i_generate`` with upstream's train-time ``i2i_prompt``).
 
@@ -203,7 +208,8 @@ def image_editing_request(
     the later tokens' rotary positions by as many (``position_gap``). The
     unconditional row is upstream's: its first 337 tokens (``resolution +
     1``) come from the empty-prompt sequence, the rest from the conditional
-    one, with the empty prompt's attention mask.
+    one, with the empty prompt's attention mask. ``num_previews`` as for
+    :func:`image_generation_request`.
     """
     layout = VocabLayout.from_tokenizer(tokenizer)
     codes = [int(c) for c in source_codes]
@@ -242,6 +248,7 @@ def image_editing_request(
         "steps": steps,
         "cfg_scale": guidance_scale,
         "mode": mode,
+        "num_previews": num_previews or None,
     }
     return GenerationRequest(
         prompt={"prompt_token_ids": cond_prompt},

@@ -24,7 +24,7 @@ path. With ``temperature > 0`` the draws come from ``generator`` as upstream's
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -69,11 +69,15 @@ def maskgit_generate(
     uncond_prefix_len: int = T2I_UNCOND_PREFIX,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    on_step: Callable[[int, list[int]], None] | None = None,
 ) -> list[int]:
     """MaskGIT over the ``num_slots`` image slots before the prompt's last token.
 
     ``codebook_start`` is the vocabulary id of code 0 (``len(tokenizer)``).
     Returns the image codes (``0..8191``) of the last step's samples.
+    ``on_step(step, codes)`` sees each step's samples (every slot filled,
+    before the re-masking), as upstream's ``t2i_generate_decoding_stepwise``
+    decodes them.
     """
     ids = list(prompt)
     mask = list(attention_mask)
@@ -102,6 +106,8 @@ def maskgit_generate(
         current = torch.tensor(ids[start:end])
         unknown = current == MASK
         sampled = torch.where(unknown, sampled, current - codebook_start)
+        if on_step is not None:
+            on_step(step, sampled.tolist())
         ratio = 1.0 * (step + 1) / steps
         mask_len = maskgit_mask_len(num_slots, step, steps, int(unknown.sum()))
         selected = probs.gather(-1, sampled[:, None])[:, 0]

@@ -13,6 +13,12 @@ codec. The routes mount from the plugin itself
 ``VLLM_PLUGINS`` names them). On a server whose model is not Dynin-Omni they
 answer 404.
 
+Both image endpoints stream with ``stream: true`` (one image): server-sent
+events ``image_generation.partial_image`` (``image_edit.*`` for edits) carry
+the canvas's prediction decoded at ``partial_images`` (0-3) evenly spaced
+denoising steps (``dynin_vllm.engine.previews``), then ``*.completed`` the
+final image with its usage, as OpenAI streams them.
+
 Errors follow vLLM's shape (``{"error": {"message", "type", "param",
 "code"}}``); a bad field gets a 400 naming it, and nothing reaches the engine.
 """
@@ -21,14 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from vllm.logger import init_logger
 
 from dynin_vllm.multimodal import loading
@@ -65,6 +73,8 @@ MAX_SPEECH_INPUT = 4096  # characters, as OpenAI
 MAX_STEPS = 1024
 MAX_GUIDANCE = 50.0
 MAX_TEMPERATURE = 10.0
+#: The most partial images a streamed image may send (OpenAI's bound).
+MAX_PARTIAL_IMAGES = 3
 
 #: OpenAI's voices as EMOVA style conditions (gender, emotion, speed, pitch).
 OPENAI_VOICES: dict[str, tuple[str, str, str, str]] = {
@@ -309,11 +319,18 @@ class MediaServing:
     def _image_options(self, body: dict) -> dict[str, Any]:
         """The fields both image endpoints share, checked."""
         _choice(body, "response_format", "b64_json", ("b64_json",))
-        if body.get("stream") not in (None, False, "false", "False"):
-            raise BadField("stream", "streaming image generation is not supported yet")
+        stream = _flag(body, "stream")
+        n = _number(body, "n", 1, 1, MAX_IMAGES, integer=True)
+        partial = _number(body, "partial_images", 0, 0, MAX_PARTIAL_IMAGES, True)
+        if stream and n > 1:
+            raise BadField("n", "a streamed response carries one image; set n to 1")
+        if partial and not stream:
+            raise BadField("partial_images", "partial images need 'stream': true")
         return {
+            "stream": stream,
+            "partial_images": partial,
             "prompt": _text(body, "prompt", required=True),
-            "n": _number(body, "n", 1, 1, MAX_IMAGES, integer=True),
+            "n": n,
             "output_format": _choice(body, "output_format", "png", IMAGE_FORMATS),
             "seed": _number(body, "seed", None, -(2**63), 2**63 - 1, integer=True),
             "steps": _number(body, "num_inference_steps", None, 1, MAX_STEPS, True),
@@ -336,11 +353,15 @@ class MediaServing:
                 guidance_scale=options["guidance_scale"],
                 temperature=options["temperature"],
                 negative_prompt=negative,
+                num_previews=options["partial_images"],
             )
             for i in range(options["n"])
         ]
         await asyncio.to_thread(self._require, "magvit")
-        return await self._finish_images(requests, options, f"{width}x{height}")
+        size = f"{width}x{height}"
+        if options["stream"]:
+            return self._stream_image(requests[0], options, size, "image_generation")
+        return await self._finish_images(requests, options, size)
 
     async def edits(self, form: Any) -> dict:
         body = {
@@ -375,10 +396,89 @@ class MediaServing:
                 steps=options["steps"],
                 guidance_scale=options["guidance_scale"],
                 temperature=options["temperature"],
+                num_previews=options["partial_images"],
             )
             for i in range(options["n"])
         ]
-        return await self._finish_images(requests, options, f"{side}x{side}")
+        size = f"{side}x{side}"
+        if options["stream"]:
+            return self._stream_image(requests[0], options, size, "image_edit")
+        return await self._finish_images(requests, options, size)
+
+    async def _stream_image(
+        self, request: Any, options: dict[str, Any], size: str, kind: str
+    ) -> AsyncIterator[str]:
+        """Server-sent events of one image: ``<kind>.partial_image`` for each
+        canvas preview, then ``<kind>.completed`` with the image and usage.
+
+        The engine previews the canvas's prediction at evenly spaced steps
+        (``num_previews``); a short schedule sends fewer partial images, as
+        OpenAI allows. A client that disconnects aborts the request.
+        """
+        from vllm.sampling_params import RequestOutputKind
+
+        from dynin_vllm.engine.previews import preview_tokens
+
+        output_format = options["output_format"]
+        params = request.sampling_params.clone()
+        params.output_kind = RequestOutputKind.DELTA
+        common = {
+            "background": "opaque",
+            "output_format": output_format,
+            "quality": "auto",
+            "size": size,
+        }
+        tokens: list[int] = []
+        partial_index = 0
+        try:
+            async for output in self.engine.generate(
+                request.prompt, params, f"img-{uuid.uuid4().hex}"
+            ):
+                completion = output.outputs[0]
+                if completion.finish_reason == "error":
+                    raise RuntimeError("the engine failed the request")
+                preview = preview_tokens(output)
+                if preview is not None:
+                    b64 = await self._encode_image(request, preview, output_format)
+                    yield _sse(
+                        f"{kind}.partial_image",
+                        {
+                            **common,
+                            "type": f"{kind}.partial_image",
+                            "b64_json": b64,
+                            "created_at": int(time.time()),
+                            "partial_image_index": partial_index,
+                        },
+                    )
+                    partial_index += 1
+                tokens += completion.token_ids
+            b64 = await self._encode_image(request, tokens, output_format)
+            input_tokens = len(output.prompt_token_ids or ())
+            yield _sse(
+                f"{kind}.completed",
+                {
+                    **common,
+                    "type": f"{kind}.completed",
+                    "b64_json": b64,
+                    "created_at": int(time.time()),
+                    "usage": _usage(input_tokens, len(tokens)),
+                },
+            )
+        except Exception as exc:  # the stream has started: report in band
+            logger.exception("Streaming image request failed")
+            yield _sse(
+                "error",
+                {"error": {"message": str(exc), "type": "InternalServerError"}},
+            )
+
+    async def _encode_image(
+        self, request: Any, token_ids: list[int], output_format: str
+    ) -> str:
+        codes = image_codes(request, token_ids, self.tokenizer)
+        (pixels,) = await asyncio.to_thread(
+            self.codecs.decode_images, [codes], request.grid
+        )
+        return await asyncio.to_thread(image_b64, pixels, output_format)
 
     async def _finish_images(
         self, requests: list, options: dict[str, Any], size: str
@@ -407,15 +507,7 @@ class MediaServing:
             "data": data,
             "output_format": output_format,
             "size": size,
-            "usage": {
-                "input_tokens": input_tokens,
-                "input_tokens_details": {
-                    "text_tokens": input_tokens,
-                    "image_tokens": 0,
-                },
-                "output_tokens": output_tokens,
-                "total_tokens": input_tokens + output_tokens,
-            },
+            "usage": _usage(input_tokens, output_tokens),
         }
 
     def _require(self, which: str) -> None:
@@ -461,6 +553,29 @@ class MediaServing:
         )
         payload = await asyncio.to_thread(audio_bytes, wave, rate, fmt)
         return payload, AUDIO_MEDIA_TYPES[fmt]
+
+
+def _usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"text_tokens": input_tokens, "image_tokens": 0},
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def _flag(body: dict, name: str) -> bool:
+    """A boolean field (multipart sends ``"true"``/``"false"`` as text)."""
+    value = body.get(name)
+    if value in (None, False, "false", "False", 0):
+        return False
+    if value in (True, "true", "True", 1):
+        return True
+    raise BadField(name, f"'{name}' must be true or false, got {value!r}")
 
 
 def _form_value(value: Any) -> Any:
@@ -517,10 +632,16 @@ async def _handle(raw: Request, work) -> Response:
         return _error(str(exc), getattr(exc, "parameter", None), 400)
 
 
+def _images_response(result: Any) -> Response:
+    if isinstance(result, dict):
+        return JSONResponse(result)
+    return StreamingResponse(result, media_type="text/event-stream")
+
+
 @router.post("/v1/images/generations")
 async def create_images(raw: Request) -> Response:
     async def work(serving: MediaServing, body: dict) -> Response:
-        return JSONResponse(await serving.images(body))
+        return _images_response(await serving.images(body))
 
     return await _handle(raw, work)
 
@@ -532,7 +653,7 @@ async def edit_images(raw: Request) -> Response:
         return _error("this endpoint serves Dynin-Omni checkpoints only", None, 404)
     try:
         form = await raw.form()
-        return JSONResponse(await serving.edits(form))
+        return _images_response(await serving.edits(form))
     except BadField as exc:
         return _error(str(exc), exc.param, exc.status)
     except ValueError as exc:
