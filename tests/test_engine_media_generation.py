@@ -321,3 +321,19 @@ def test_previews_are_the_reference_steps_predictions(
     assert tokens == expected[name]
     assert previews == predictions[:3]
     assert previews[0] != previews[-1]
+
+
+def test_the_speech_branch_is_forwarded_once(llm, tokenizer, expected):
+    """Text to speech masks every slot in its unconditional row, whose input so
+    never changes: its logits are computed for the whole answer once, at the
+    first denoising step, and the branch is then finished. One step per slot
+    in blocks of 8 scores 8 + 7 + ... + 1 masked rows per block."""
+
+    def rows() -> int:
+        return llm.collective_rpc("logits_columns")[0]["windowed_rows"]
+
+    before = rows()
+    (got,) = _generate(llm, [_request(tokenizer, "tts-cfg")])
+    assert got == expected["tts-cfg"]
+    cond_rows = (TTS_SLOTS // TTS_BLOCK) * sum(range(1, TTS_BLOCK + 1))
+    assert rows() - before == cond_rows + TTS_SLOTS  # not 2 * cond_rows

@@ -119,7 +119,8 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
         )
         outputs, scored = outputs[: len(cases)], outputs[len(cases) :]
         # An image and an audio request through the same tiny cache, and a
-        # guided image generation and speech synthesis (CFG pairs).
+        # guided image generation, image edit and speech synthesis (CFG pairs;
+        # the speech branch is cached after its first step).
         tokenizer = AutoTokenizer.from_pretrained(str(dynin_checkpoint))
         generating = _generation_requests(tokenizer)
         media_config = {"mode": "prefix", "block_length": 8, "steps": 48}
@@ -195,8 +196,15 @@ def test_small_kv_cache_preempts_and_gives_the_same_outputs(
     assert list(healthy.outputs[0].token_ids) == list(outputs[0].outputs[0].token_ids)
 
 
+#: A 64 px source image's codes for the editing request (the codec is tested
+#: apart).
+EDIT_SOURCE = [(37 * i + 11) % 8192 for i in range(16)]
+EDIT = "make it blue"
+
+
 def _generation_requests(tokenizer):
     from dynin_vllm.multimodal.generation import (
+        image_editing_request,
         image_generation_request,
         speech_generation_request,
     )
@@ -205,6 +213,7 @@ def _generation_requests(tokenizer):
         image_generation_request(
             tokenizer, QUESTION, size=64, steps=4, temperature=0.0
         ),
+        image_editing_request(tokenizer, EDIT, EDIT_SOURCE, steps=4, temperature=0.0),
         speech_generation_request(
             tokenizer, QUESTION, num_slots=16, block_length=8, temperature=0.0
         ),
@@ -214,6 +223,7 @@ def _generation_requests(tokenizer):
 def _generation_references(model, tokenizer) -> list[list[int]]:
     from dynin_vllm.reference import prompts
     from dynin_vllm.reference.media_generation import (
+        I2I_UNCOND_PREFIX,
         maskgit_generate,
         speech_generate,
     )
@@ -232,6 +242,22 @@ def _generation_references(model, tokenizer) -> list[list[int]]:
         uncond_attention_mask=uncond_mask,
         temperature=0.0,
     )
+    source = [len(tokenizer) + c for c in EDIT_SOURCE]
+    ids, mask = prompts.i2i_prompt(tokenizer, EDIT, source, 16)
+    uncond, uncond_mask = prompts.i2i_prompt(tokenizer, "", source, 16)
+    edited = maskgit_generate(
+        model,
+        ids,
+        mask,
+        num_slots=16,
+        codebook_start=len(tokenizer),
+        steps=4,
+        guidance_scale=3.5,
+        uncond_prompt=uncond,
+        uncond_attention_mask=uncond_mask,
+        uncond_prefix_len=I2I_UNCOND_PREFIX,
+        temperature=0.0,
+    )
     ids, mask = prompts.t2s_prompt(
         tokenizer, QUESTION, "Generate speech for the given text.", 16
     )
@@ -244,7 +270,11 @@ def _generation_references(model, tokenizer) -> list[list[int]]:
         block_length=8,
         cfg_scale=2.5,
     )
-    return [[len(tokenizer) + c for c in codes] + [prompts.EOI], region]
+    return [
+        [len(tokenizer) + c for c in codes] + [prompts.EOI],
+        [len(tokenizer) + c for c in edited] + [prompts.EOI],
+        region,
+    ]
 
 
 def test_abort_mid_denoise_frees_the_kv_cache(dynin_llm):

@@ -27,6 +27,9 @@ from dynin_vllm.diffusion.state import RequestState
 #: Temperatures below this are greedy, as in vLLM.
 GREEDY_EPS = 1e-5
 
+#: Marks a cond row whose unconditional logits come from its request's cache.
+_FROM_CACHE = -2
+
 
 @dataclass(frozen=True)
 class DraftSpan:
@@ -55,6 +58,11 @@ class StepPlan:
     row_position: torch.Tensor  # per cond row: answer-relative position
     uncond_row_index: torch.Tensor | None  # per cond row: row in the logits tensor
     hole_indices: list[torch.Tensor]  # per state: holes that are candidates
+    # Per cond row: its unconditional logits come from its request's cache.
+    uncond_from_cache: torch.Tensor | None = None
+    # ``(state index, first logits row, count)``: a static unconditional
+    # branch's rows for every remaining answer position, to cache.
+    uncond_cache_fills: tuple[tuple[int, int, int], ...] = ()
 
 
 def new_seed() -> int:
@@ -74,6 +82,7 @@ class Denoiser:
         self.states: dict[str, RequestState] = {}
         self._with_holes: set[str] = set()  # requests (and branches) that infill
         self._previews: dict[str, list[int]] = {}  # see take_previews
+        self._cached_uncond: list[str] = []  # see take_cached_uncond
 
     # --- request lifecycle -------------------------------------------------
     def add_request(
@@ -200,7 +209,9 @@ class Denoiser:
         its open prompt holes when this forward shows them.
 
         A request is updated when its canvas was forwarded, and, for CFG, its
-        unconditional branch was forwarded in the same step.
+        unconditional branch was forwarded in the same step, or its branch's
+        logits are cached (:attr:`RequestState.caches_uncond`: the first step
+        that forwards the branch over the whole remaining answer fills it).
         """
         by_id = {span.req_id: span for span in spans}
         empty = torch.zeros(0, dtype=torch.int64)
@@ -209,6 +220,7 @@ class Denoiser:
         hole_indices: list[torch.Tensor] = []
         cond_rows, uncond_rows, columns, positions = [], [], [], []
         counts: list[int] = []
+        fills: list[tuple[int, int, int]] = []  # (state index, first row, count)
         for span in spans:
             state = self.states.get(span.req_id)
             if state is None or state.is_uncond or state.finished:
@@ -217,7 +229,12 @@ class Denoiser:
             if span.num_rows < size:
                 continue  # not a full canvas: nothing to update
             partner = by_id.get(state.cfg_partner) if state.cfg_partner else None
-            if state.params.uses_cfg and (partner is None or partner.num_rows < size):
+            cached = state.uncond_cache is not None
+            if (
+                state.params.uses_cfg
+                and not cached
+                and (partner is None or partner.num_rows < size)
+            ):
                 continue  # its unconditional branch was not forwarded with it
             holes = empty
             if state.holes.numel() and span.prompt_row >= 0 and state.holes_visible():
@@ -227,7 +244,18 @@ class Denoiser:
             cond_rows += [span.prompt_row + hole_pos, span.first_row + offsets]
             columns += [torch.arange(holes.numel()), holes.numel() + offsets]
             positions += [hole_pos - state.prompt_len, state.committed + offsets]
-            if partner is None:
+            remaining = state.answer_len - state.committed
+            fill = (
+                not cached
+                and partner is not None
+                and state.caches_uncond
+                and partner.num_rows >= remaining
+            )
+            if fill:
+                fills.append((len(states), partner.first_row, remaining))
+            if cached or fill:  # a cache filled this step serves it too
+                uncond_rows.append(torch.full((offsets.numel(),), _FROM_CACHE))
+            elif partner is None:
                 uncond_rows.append(torch.full((holes.numel() + offsets.numel(),), -1))
             else:
                 branch = self.states.get(partner.req_id)
@@ -243,7 +271,7 @@ class Denoiser:
                     partner.first_row + offsets,
                 ]
             states.append(state)
-            uncond_ids.append(state.cfg_partner)
+            uncond_ids.append(None if cached else state.cfg_partner)
             hole_indices.append(holes)
             counts.append(holes.numel() + offsets.numel())
 
@@ -258,11 +286,16 @@ class Denoiser:
         uncond_row_index = None
         uncond = cat(uncond_rows)
         has_cfg = uncond >= 0
-        if bool(has_cfg.any()):
+        from_cache = uncond == _FROM_CACHE
+        if bool(has_cfg.any()) or bool(from_cache.any()):
             index = torch.arange(num_cond, dtype=torch.int64)
             index[has_cfg] = num_cond + torch.arange(int(has_cfg.sum()))
             rows = torch.cat([rows, uncond[has_cfg]])
             uncond_row_index = index
+        cache_fills = []
+        for slot, first_row, count in fills:
+            cache_fills.append((slot, rows.numel(), count))
+            rows = torch.cat([rows, first_row + torch.arange(count)])
         return StepPlan(
             logits_rows=rows,
             num_cond_rows=num_cond,
@@ -273,6 +306,8 @@ class Denoiser:
             row_position=cat(positions),
             uncond_row_index=uncond_row_index,
             hole_indices=hole_indices,
+            uncond_from_cache=from_cache if bool(from_cache.any()) else None,
+            uncond_cache_fills=tuple(cache_fills),
         )
 
     def step(
@@ -309,9 +344,12 @@ class Denoiser:
         position = plan.row_position.to(device)
         cond = logits[: plan.num_cond_rows]
         uncond = cfg = None
+        self._fill_uncond_caches(plan, logits, column_offset)
         if plan.uncond_row_index is not None:
             uncond = logits[plan.uncond_row_index.to(device)]
             cfg = per_row([s.params.cfg_scale for s in states], torch.float32)
+            if plan.uncond_from_cache is not None:
+                _restore_uncond(plan, uncond, column_offset)
         allowed = _allowed_rows(
             states, plan.row_slot, cond.shape[-1] + column_offset, device
         )
@@ -412,6 +450,25 @@ class Denoiser:
                 )
         return emitted
 
+    def take_cached_uncond(self) -> list[str]:
+        """Requests whose unconditional logits the last step cached: their
+        branches need no forward again."""
+        cached, self._cached_uncond = self._cached_uncond, []
+        return cached
+
+    def _fill_uncond_caches(
+        self, plan: StepPlan, logits: torch.Tensor, column_offset: int
+    ) -> None:
+        """Keep a static branch's logits (its allowed columns only)."""
+        for slot, first, count in plan.uncond_cache_fills:
+            state = plan.states[slot]
+            columns = _allowed_columns(state, logits.device) - column_offset
+            if bool((columns < 0).any()) or bool((columns >= logits.shape[1]).any()):
+                raise RuntimeError("the logits window misses a request's allowed ids")
+            state.uncond_cache = logits[first : first + count][:, columns].clone()
+            state.uncond_cache_start = state.committed
+            self._cached_uncond.append(state.req_id)
+
     def take_previews(self) -> dict[str, list[int]]:
         """The predictions previewed by the last step (``preview_steps``):
         ``{request id: answer tokens}``, every slot filled."""
@@ -498,6 +555,32 @@ def logits_window(plan: StepPlan) -> tuple[int, int] | None:
         min(lo for r in ranges for lo, _ in r),
         max(hi for r in ranges for _, hi in r),
     )
+
+
+def _allowed_columns(state: RequestState, device: torch.device) -> torch.Tensor:
+    """The vocabulary ids a request's answer may take, in order."""
+    ranges = state.params.allowed_token_ranges or ()
+    return torch.cat([torch.arange(lo, hi, device=device) for lo, hi in ranges])
+
+
+def _restore_uncond(plan: StepPlan, uncond: torch.Tensor, column_offset: int):
+    """Write cached unconditional logits into their rows of ``uncond`` (over
+    columns ``column_offset, ...``), in place. Columns outside the allowed ids
+    get 0: the scoring never lets them be chosen."""
+    device = uncond.device
+    from_cache = plan.uncond_from_cache.to(device)
+    slot = plan.row_slot.to(device)
+    width = uncond.shape[1]
+    for i in torch.unique(slot[from_cache]).tolist():
+        state = plan.states[i]
+        rows = (from_cache & (slot == i)).nonzero().flatten()
+        cache = state.uncond_cache
+        at = plan.row_position.to(device)[rows] - state.uncond_cache_start
+        columns = _allowed_columns(state, device) - column_offset
+        inside = (columns >= 0) & (columns < width)
+        values = torch.zeros(rows.numel(), width, dtype=uncond.dtype, device=device)
+        values[:, columns[inside]] = cache[at][:, inside].to(uncond.dtype)
+        uncond[rows] = values
 
 
 def _masked_for_branch(tokens: list[int], start: int, main: RequestState) -> list[int]:

@@ -65,6 +65,10 @@ class RequestState:
     # The last step whose prediction was previewed (``preview_steps``); kept
     # across a restart, so a preempted request never previews a step twice.
     previewed_step: int = 0
+    # Static unconditional branch (:attr:`caches_uncond`): its logits over the
+    # allowed ids for answer positions ``uncond_cache_start, ...``.
+    uncond_cache: torch.Tensor | None = None
+    uncond_cache_start: int = 0
     hole_values: torch.Tensor = field(init=False)  # current value of each hole
     _holes_at_block_start: torch.Tensor = field(init=False)
 
@@ -128,6 +132,21 @@ class RequestState:
     @property
     def uses_maskgit(self) -> bool:
         return self.params.sampler == "maskgit"
+
+    @property
+    def caches_uncond(self) -> bool:
+        """Whether the unconditional branch's input never changes, so its
+        logits are computed once and kept: every answer slot stays masked in
+        it (text to speech), no prompt hole is filled, and the answer may take
+        only the allowed ids (the cache holds those columns)."""
+        params = self.params
+        return (
+            params.uses_cfg
+            and not self.is_uncond
+            and params.allowed_token_ranges is not None
+            and params.uncond_masked_slots >= self.answer_len
+            and not self.holes.numel()
+        )
 
     def wants_preview(self) -> bool:
         """Whether the coming step's prediction is previewed (``num_previews``

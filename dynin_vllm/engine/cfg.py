@@ -7,6 +7,12 @@ adds a hidden companion request for it — the *unconditional branch* — and
 schedules the pair together; the runner combines their logits and commits
 the same tokens into both. The branch never reaches the client.
 
+When the branch's input never changes (text to speech masks every answer
+slot in it), its logits are computed once: the runner caches them from the
+first denoising step and reports the request under
+:data:`CACHED_UNCOND_ATTR`; the scheduler then finishes the branch, freeing
+its KV, and the request goes on alone.
+
 The scheduler's request record holds each request's role. The only other
 place the role is written is the branch's ``extra_args``
 (:data:`BRANCH_OF_KEY`), which is how the model runner, in another process,
@@ -23,6 +29,10 @@ from dynin_vllm.diffusion.params import INTERNAL_PREFIX
 
 #: ``extra_args`` key of an unconditional branch: the id of its request.
 BRANCH_OF_KEY = f"{INTERNAL_PREFIX}cfg_branch_of"
+
+#: Attribute of a step's ``ModelRunnerOutput`` listing the requests whose
+#: unconditional logits that step cached (runner to scheduler).
+CACHED_UNCOND_ATTR = "dynin_cached_uncond"
 
 #: Suffix making a branch's request id unique (never parsed).
 UNCOND_ID_SUFFIX = "::dynin-uncond"
@@ -62,3 +72,8 @@ def uncond_prompt(prompt_token_ids: list[int], given: list[int] | None, mask_id:
     if given:
         return list(given)
     return [mask_id] * len(prompt_token_ids)
+
+
+def cached_uncond(model_runner_output: Any) -> list[str]:
+    """The requests a step reported under :data:`CACHED_UNCOND_ATTR`."""
+    return getattr(model_runner_output, CACHED_UNCOND_ATTR, None) or []

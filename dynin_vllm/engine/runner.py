@@ -73,6 +73,7 @@ class DiffusionRunnerMixin:
         self._prefill_emissions: dict[str, list[int]] = {}
         self._step_fills: dict[str, list[int]] = {}
         self._step_previews: dict[str, list[int]] = {}
+        self._step_cached_uncond: list[str] = []
         self._tp_size = get_tensor_model_parallel_world_size()
         self._vocab_columns = model_config.get_vocab_size()
         # Requests whose tokens from a prompt index on sit further in rotary
@@ -260,6 +261,7 @@ class DiffusionRunnerMixin:
                 s.req_id: s.hole_values.tolist() for s in plan.states if s.holes.numel()
             }
             self._step_previews = self.denoiser.take_previews()
+            self._step_cached_uncond = self.denoiser.take_cached_uncond()
         if self._tp_size > 1:
             self._check_ranks_in_step()
         emitted.update(self._prefill_emissions)
@@ -291,8 +293,10 @@ class DiffusionRunnerMixin:
         reports = {
             infill.PROMPT_FILLS_ATTR: self._step_fills,
             previews.PREVIEWS_ATTR: self._step_previews,
+            cfg.CACHED_UNCOND_ATTR: self._step_cached_uncond,
         }
         self._step_fills, self._step_previews = {}, {}
+        self._step_cached_uncond = []
         if any(reports.values()) and isinstance(
             output, vllm_private.model_runner_output_cls()
         ):

@@ -17,7 +17,8 @@ is committed, which the accounting keeps. This subclass adds five things.
    this step's budget (a partial canvas would change attention).
 3. **Classifier-free guidance pairs** (``cfg.py``): the hidden unconditional
    branch is added, scheduled and finished with its request, and its outputs
-   never reach the client.
+   never reach the client; a branch whose logits the runner cached is
+   finished early.
 4. **Diffusion statistics** (``stats.py``): denoising steps, committed
    tokens and steps per request, by task and mode, reported in place of
    vLLM's speculative-decoding statistics; running and waiting counts treat a
@@ -289,6 +290,8 @@ class DiffusionScheduler(Scheduler):
             if request is None or request.status != RequestStatus.RUNNING:
                 continue
             self._set_next_forward(request, num_emitted, bool(drafts.get(req_id)))
+        for req_id in cfg.cached_uncond(model_runner_output):
+            self._release_branch(req_id)
         self._finish_orphans()
         self._drop_branch_outputs(outputs, branches | self._retired_branches)
         self._retired_branches.clear()
@@ -434,6 +437,18 @@ class DiffusionScheduler(Scheduler):
             and record.hole_values is not None
             and self._mask_id in record.hole_values
         )
+
+    def _release_branch(self, req_id: str) -> None:
+        """The runner cached ``req_id``'s unconditional logits: its branch is
+        finished (its KV freed) and the request goes on unpaired."""
+        record = self._records.get(req_id)
+        if record is None or record.partner is None:
+            return
+        branch_id, record.partner = record.partner, None
+        if (branch := self._records.get(branch_id)) is not None:
+            branch.partner = None
+        if branch_id in self.requests:
+            super().finish_requests(branch_id, RequestStatus.FINISHED_ABORTED)
 
     def _finish_orphans(self) -> None:
         """Finish the other half of CFG pairs that lost one (stop, length, abort).
