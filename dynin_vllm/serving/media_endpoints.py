@@ -7,11 +7,14 @@
 Each request becomes engine requests built by
 ``dynin_vllm.multimodal.generation`` (one per image of ``n``), denoised in the
 engine's steps beside every other request; the codes are then decoded by the
-MAGVIT-v2 decoder or EMOVA's U2S off the event loop, one decode at a time per
-codec. The routes mount from the plugin itself
-(``vllm_private.mount_endpoint_plugin``: vLLM loads endpoint plugins only when
-``VLLM_PLUGINS`` names them). On a server whose model is not Dynin-Omni they
-answer 404.
+MAGVIT-v2 decoder or EMOVA's U2S off the event loop, on the GPU when the
+server has one (``DYNIN_CODEC_DEVICE`` overrides). Image decodes of concurrent
+requests are batched (``decode_batching``); speech is synthesized one request
+at a time, since each has its own seeded noise and speed.
+
+The routes mount from the plugin itself (``vllm_private.mount_endpoint_plugin``:
+vLLM loads endpoint plugins only when ``VLLM_PLUGINS`` names them). On a
+server whose model is not Dynin-Omni they answer 404.
 
 Both image endpoints stream with ``stream: true`` (one image): server-sent
 events ``image_generation.partial_image`` (``image_edit.*`` for edits) carry
@@ -50,6 +53,7 @@ from dynin_vllm.multimodal.generation import (
     speech_generation_request,
     speech_units,
 )
+from dynin_vllm.serving.decode_batching import DecodeBatcher
 from dynin_vllm.serving.media_encoding import (
     AUDIO_FORMATS,
     AUDIO_MEDIA_TYPES,
@@ -200,13 +204,34 @@ def parse_size(
 
 
 # --- the codecs ---------------------------------------------------------------
+#: Where the server runs the codecs: ``cuda``, ``cpu`` (or any torch device);
+#: default the first GPU when there is one.
+CODEC_DEVICE_ENV = "DYNIN_CODEC_DEVICE"
+
+
+def codec_device() -> str:
+    """The device the codecs run on (:data:`CODEC_DEVICE_ENV`, else CUDA when
+    available, else the CPU)."""
+    import os
+
+    import torch
+
+    chosen = os.environ.get(CODEC_DEVICE_ENV)
+    if chosen:
+        return chosen
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @dataclass
 class Codecs:
-    """The model's decoders, loaded on first use; one decode at a time each."""
+    """The model's codecs, loaded on first use on :func:`codec_device`; one
+    call at a time (MAGVIT-v2 decodes come batched, see ``decode_batching``)."""
 
     model: str
+    device: str = ""
 
     def __post_init__(self) -> None:
+        self.device = self.device or codec_device()
         self._lock = threading.Lock()
         self._magvit = None
         self._emova = None
@@ -233,7 +258,7 @@ class Codecs:
         directory = loading.locate_codec(
             self.model, env_var=env, subdir=subdir, default_repo=repo
         )
-        return loader(directory).float().eval()
+        return loader(directory).float().eval().to(self.device)
 
     def magvit(self):
         with self._lock:
@@ -255,8 +280,8 @@ class Codecs:
 
         magvit = self.magvit()
         with self._lock, torch.no_grad():
-            batch = torch.stack([c.reshape(-1) for c in codes])
-            return postprocess_images(magvit.decode(batch, grid))
+            batch = torch.stack([c.reshape(-1) for c in codes]).to(self.device)
+            return postprocess_images(magvit.decode(batch, grid).cpu())
 
     def encode_image(self, data: bytes, side: int) -> list[int]:
         """A source upload's MAGVIT-v2 codes at ``side`` pixels (shorter side
@@ -268,7 +293,7 @@ class Codecs:
         pixels = preprocess_image(load_image(data, field="image"), side)
         magvit = self.magvit()
         with self._lock, torch.no_grad():
-            return magvit.encode(pixels[None].float())[0].tolist()
+            return magvit.encode(pixels[None].float().to(self.device))[0].tolist()
 
     def synthesize(self, units: list[int], condition: str, speed: float, seed):
         import numpy as np
@@ -298,6 +323,7 @@ class MediaServing:
         self.served_name = getattr(config, "served_model_name", None) or config.model
         self.max_model_len = config.max_model_len
         self.codecs = Codecs(config.model)
+        self.image_decoder = DecodeBatcher(self.codecs.decode_images)
 
     @functools.cached_property
     def tokenizer(self) -> Any:
@@ -475,9 +501,7 @@ class MediaServing:
         self, request: Any, token_ids: list[int], output_format: str
     ) -> str:
         codes = image_codes(request, token_ids, self.tokenizer)
-        (pixels,) = await asyncio.to_thread(
-            self.codecs.decode_images, [codes], request.grid
-        )
+        (pixels,) = await self.image_decoder.decode([codes], request.grid)
         return await asyncio.to_thread(image_b64, pixels, output_format)
 
     async def _finish_images(
@@ -493,9 +517,7 @@ class MediaServing:
             image_codes(r, o.outputs[0].token_ids, self.tokenizer)
             for r, o in zip(requests, outputs, strict=True)
         ]
-        pixels = await asyncio.to_thread(
-            self.codecs.decode_images, codes, requests[0].grid
-        )
+        pixels = await self.image_decoder.decode(codes, requests[0].grid)
         data = [
             {"b64_json": await asyncio.to_thread(image_b64, p, output_format)}
             for p in pixels
