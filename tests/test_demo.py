@@ -46,16 +46,20 @@ def test_serve_demo_prints_requests_and_answers_one(dynin_checkpoint):
     )
     assert "Example audio chat: '" in out
     assert "Example transcription: '" in out
-    # Image generation and speech synthesis, advertised and saved.
+    # Image generation, editing and speech synthesis, advertised and saved.
     assert f"curl -s http://127.0.0.1:{port}/v1/images/generations" in out
+    assert f"curl -s http://127.0.0.1:{port}/v1/images/edits" in out
     assert f"curl -s http://127.0.0.1:{port}/v1/audio/speech" in out
     image = dynin_checkpoint.parent / "generated_image.png"
+    edited = dynin_checkpoint.parent / "edited_image.png"
     speech = dynin_checkpoint.parent / "generated_speech.wav"
     assert f"Example image generation: saved {image}" in out
+    assert f"Example image edit: saved {edited}" in out
     assert f"Example speech synthesis: saved {speech}" in out
     from PIL import Image
 
     assert Image.open(image).size == (256, 256)
+    assert Image.open(edited).size == (256, 256)
     import soundfile as sf
 
     assert sf.info(str(speech)).samplerate == 22050

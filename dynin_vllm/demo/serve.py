@@ -7,8 +7,8 @@ random weights; built on first use under ``checkpoints/``), which stands in
 for ``snu-aidas/Dynin-Omni`` where weights cannot be downloaded. It waits for
 the server to be ready, prints example requests, sends them (text, an image
 chat, an audio chat and a transcription of a generated sample clip, an image
-generation and a speech synthesis, whose PNG and WAV it saves) to show the
-answers, and keeps serving until interrupted.
+generation, an edit of that image and a speech synthesis, whose PNGs and WAV
+it saves) to show the answers, and keeps serving until interrupted.
 """
 
 from __future__ import annotations
@@ -120,6 +120,13 @@ EXAMPLE_IMAGE_GENERATION = {
     "size": "256x256",
     "seed": 0,
 }
+#: Image editing (multipart), of the generated image.
+EXAMPLE_IMAGE_EDIT = {
+    "prompt": "make the sphere green",
+    "size": "256x256",
+    "num_inference_steps": 16,
+    "seed": 0,
+}
 EXAMPLE_SPEECH = {
     "input": "Hello from Dynin-Omni.",
     "voice": "alloy",
@@ -148,12 +155,16 @@ def example_requests(base: str, model: str, clip: Path | None = None) -> str:
             f"curl -s {base}/v1/audio/transcriptions -F model={model} "
             f"-F file=@{clip} -F temperature=0 -F max_completion_tokens=16"
         )
+    save_image = (
+        ' | python -c \'import base64,json,sys; open("{}","wb")'
+        '.write(base64.b64decode(json.load(sys.stdin)["data"][0]["b64_json"]))\''
+    )
+    fields = " ".join(f"-F {k}={v!r}" for k, v in EXAMPLE_IMAGE_EDIT.items())
     for path, body, tail in (
         (
             "images/generations",
             EXAMPLE_IMAGE_GENERATION,
-            ' | python -c \'import base64,json,sys; open("image.png","wb")'
-            '.write(base64.b64decode(json.load(sys.stdin)["data"][0]["b64_json"]))\'',
+            save_image.format("image.png"),
         ),
         ("audio/speech", EXAMPLE_SPEECH, " -o speech.wav"),
     ):
@@ -162,6 +173,10 @@ def example_requests(base: str, model: str, clip: Path | None = None) -> str:
             f"curl -s {base}/v1/{path} -H 'Content-Type: application/json' "
             f"-d '{payload}'{tail}"
         )
+    lines.append(
+        f"curl -s {base}/v1/images/edits -F model={model} -F image=@image.png "
+        f"{fields}{save_image.format('edited_image.png')}"
+    )
     return "\n\n".join(lines)
 
 
@@ -204,13 +219,28 @@ def send_audio_examples(base: str, model: str, clip: Path) -> tuple[str, str]:
 
 
 def send_generation_examples(base: str, model: str, directory: Path) -> list[Path]:
-    """Generate the example image and speech; save them in ``directory``."""
+    """Generate the example image, edit it, synthesize the example speech;
+    save the three files in ``directory``."""
     import base64
 
     body = {"model": model, **EXAMPLE_IMAGE_GENERATION}
     image = _post(base, "images/generations", body)["data"][0]["b64_json"]
     image_path = directory / "generated_image.png"
     image_path.write_bytes(base64.b64decode(image))
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    options = dict(EXAMPLE_IMAGE_EDIT)
+    edited = client.images.edit(
+        model=model,
+        image=(image_path.name, image_path.read_bytes(), "image/png"),
+        prompt=options.pop("prompt"),
+        size=options.pop("size"),
+        extra_body=options,
+        timeout=300,
+    )
+    edit_path = directory / "edited_image.png"
+    edit_path.write_bytes(base64.b64decode(edited.data[0].b64_json))
     request = urllib.request.Request(
         f"{base}/v1/audio/speech",
         json.dumps({"model": model, **EXAMPLE_SPEECH}).encode(),
@@ -219,7 +249,7 @@ def send_generation_examples(base: str, model: str, directory: Path) -> list[Pat
     speech_path = directory / "generated_speech.wav"
     with urllib.request.urlopen(request, timeout=300) as resp:
         speech_path.write_bytes(resp.read())
-    return [image_path, speech_path]
+    return [image_path, edit_path, speech_path]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,10 +276,11 @@ def main(argv: list[str] | None = None) -> int:
             chat, transcript = send_audio_examples(base, model, clip)
             print(f"Example audio chat: {chat!r}", flush=True)
             print(f"Example transcription: {transcript!r}", flush=True)
-            image, speech = send_generation_examples(
+            image, edited, speech = send_generation_examples(
                 base, model, _sample_directory(model)
             )
             print(f"Example image generation: saved {image}", flush=True)
+            print(f"Example image edit: saved {edited}", flush=True)
             print(f"Example speech synthesis: saved {speech}\n", flush=True)
             if args.once:
                 return 0
