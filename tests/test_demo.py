@@ -59,7 +59,7 @@ def test_serve_demo_prints_requests_and_answers_one(dynin_checkpoint):
     from PIL import Image
 
     assert Image.open(image).size == (256, 256)
-    assert Image.open(edited).size == (256, 256)
+    assert Image.open(edited).size == (128, 128)
     import soundfile as sf
 
     assert sf.info(str(speech)).samplerate == 22050

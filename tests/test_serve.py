@@ -1239,6 +1239,19 @@ def test_speech_formats_seeds_and_speed(server):
         with av.open(io.BytesIO(speak(response_format=fmt))) as container:
             frames = list(container.decode(container.streams.audio[0]))
         assert sum(f.samples for f in frames) > 0, fmt
+    # Concurrent requests finish together and share a U2S batch: each keeps
+    # the audio it gets alone (its own seed, speed and voice).
+    from concurrent.futures import ThreadPoolExecutor
+
+    def concurrent(i: int) -> bytes:
+        return speak(seed=20 + i, speed=(1.0, 0.5, 2.0)[i])
+
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(concurrent, range(3)))
+    for i, audio in enumerate(together):
+        alone = np.frombuffer(concurrent(i)[44:], dtype="<i2").astype(int)
+        got = np.frombuffer(audio[44:], dtype="<i2").astype(int)
+        assert got.shape == alone.shape and np.abs(got - alone).max() <= 2, i
 
 
 def test_bad_generation_requests_get_400_naming_the_field_while_good_ones_run(

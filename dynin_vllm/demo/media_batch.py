@@ -118,7 +118,7 @@ def run(args: argparse.Namespace, jobs: list[dict[str, Any]], llm: Any = None) -
 
     from dynin_vllm.multimodal import generation, loading
     from dynin_vllm.serving.media_encoding import audio_bytes, image_bytes
-    from dynin_vllm.serving.media_endpoints import Codecs, voice_condition
+    from dynin_vllm.serving.media_endpoints import Codecs, SpeechJob, voice_condition
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     codecs = Codecs(args.model)
@@ -168,7 +168,8 @@ def run(args: argparse.Namespace, jobs: list[dict[str, Any]], llm: Any = None) -
         ids = list(output.outputs[0].token_ids)
         if args.task == "tts":
             units = generation.speech_units(ids, tokenizer)
-            wave, rate = codecs.synthesize(units, condition, 1.0, args.seed + i)
+            speech = SpeechJob(units, condition, 1.0, args.seed + i)
+            ((wave, rate),) = codecs.synthesize([speech])
             path = args.out_dir / f"{job['index']:05}.wav"
             path.write_bytes(audio_bytes(wave, rate, "wav"))
             continue

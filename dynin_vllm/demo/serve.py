@@ -123,7 +123,7 @@ EXAMPLE_IMAGE_GENERATION = {
 #: Image editing (multipart), of the generated image.
 EXAMPLE_IMAGE_EDIT = {
     "prompt": "make the sphere green",
-    "size": "256x256",
+    "size": "128x128",
     "num_inference_steps": 16,
     "seed": 0,
 }

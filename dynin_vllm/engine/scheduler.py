@@ -29,7 +29,8 @@ is committed, which the accounting keeps. This subclass adds five things.
    attached to a finishing request's output, for the front end to put back
    into the prompt it reports.
 7. **Previews** (``previews.py``): a previewed step adds a token-less output
-   carrying the canvas's prediction.
+   carrying the canvas's predictions so far; the final output carries them
+   all.
 
 Each request's facts live in one :class:`RequestRecord`; the scheduling rules
 themselves are pure functions in ``scheduling.py``.
@@ -74,6 +75,7 @@ class RequestRecord:
     stats_closed: bool = False  # its last step and step count are recorded
     holes: list[int] | None = None  # prompt positions it fills (infill)
     hole_values: list[int] | None = None  # their values after the last step
+    previews: list[list[int]] | None = None  # canvas previews so far
     silent_steps: int = 0  # denoising steps since it last emitted a block
     max_silent_steps: int = 0  # more than this means it cannot finish
 
@@ -333,18 +335,29 @@ class DiffusionScheduler(Scheduler):
                     )
 
     def _add_previews(self, outputs: dict, step_previews: dict) -> None:
-        """A token-less output per previewed request still denoising."""
+        """A token-less output per previewed request still denoising, and
+        every preview so far on a finishing request's output."""
         for req_id, tokens in step_previews.items():
             request = self.requests.get(req_id)
+            record = self._records.get(req_id)
             if (
                 request is None
+                or record is None
                 or request.status != RequestStatus.RUNNING
-                or self._is_uncond(req_id)
+                or record.role is cfg.Role.UNCOND
             ):
                 continue
+            record.previews = [*(record.previews or []), tokens]
             vllm_private.add_engine_output(
-                outputs, request, previews.preview_params(tokens)
+                outputs, request, previews.preview_params(record.previews)
             )
+        for engine_outputs in outputs.values():
+            for output in engine_outputs.outputs:
+                record = self._records.get(output.request_id)
+                if output.finish_reason is not None and record and record.previews:
+                    output.kv_transfer_params = previews.preview_params(
+                        record.previews, output.kv_transfer_params
+                    )
 
     def update_draft_token_ids(self, draft_token_ids: Any) -> None:
         super().update_draft_token_ids(draft_token_ids)

@@ -279,14 +279,7 @@ class EmovaSpeechTokenizer(nn.Module):
         ``condition=None`` synthesises without a style vector (upstream's behaviour
         for a missing condition). ``generator`` seeds the sampling noise.
         """
-        unit_tensor = torch.as_tensor(
-            units.tolist() if isinstance(units, torch.Tensor) else list(units),
-            dtype=torch.long,
-        ).reshape(-1)
-        if unit_tensor.numel() == 0:
-            raise ValueError("cannot synthesise an empty unit sequence")
-        if int(unit_tensor.min()) < 0 or int(unit_tensor.max()) >= self.codebook_size:
-            raise ValueError(f"speech units must lie in [0, {self.codebook_size})")
+        unit_tensor = self._unit_tensor(units)
         symbols = (unit_tensor + UNIT_SYMBOL_OFFSET).unsqueeze(0)
         lengths = torch.tensor([symbols.shape[1]])
         g = None
@@ -302,13 +295,93 @@ class EmovaSpeechTokenizer(nn.Module):
             length_scale=length_scale,
             generator=generator,
         )
-        n = int(result.audio_lengths[0])
-        return SpeechOutput(
-            waveform=result.audio[0, :n].float().cpu().numpy(),
-            sample_rate=self.output_sample_rate,
-            durations=result.durations[0].cpu().numpy(),
-            hop_length=self.config.u2s.hop_length,
+        return self._outputs(result)[0]
+
+    @torch.no_grad()
+    def decode_batch(
+        self,
+        items: Sequence[SpeechItem],
+        *,
+        noise_scale: float = 0.667,
+        noise_scale_w: float = 0.8,
+    ) -> list[SpeechOutput]:
+        """Several utterances in one padded batch, each as :meth:`decode`
+        gives it alone (its own generator, length scale and style; equal up
+        to float rounding). A batch mixing styled and unstyled items runs as
+        two batches."""
+        items = list(items)
+        if not items:
+            return []
+        styled = [i for i, item in enumerate(items) if item.condition is not None]
+        if 0 < len(styled) < len(items):
+            plain = [i for i in range(len(items)) if i not in set(styled)]
+            outputs: list[SpeechOutput | None] = [None] * len(items)
+            for group in (styled, plain):
+                results = self.decode_batch([items[i] for i in group])
+                for i, out in zip(group, results, strict=True):
+                    outputs[i] = out
+            return outputs  # type: ignore[return-value]
+        units = [self._unit_tensor(item.units) for item in items]
+        lengths = torch.tensor([u.numel() for u in units])
+        symbols = torch.zeros(len(units), int(lengths.max()), dtype=torch.long)
+        for b, unit_tensor in enumerate(units):
+            symbols[b, : unit_tensor.numel()] = unit_tensor + UNIT_SYMBOL_OFFSET
+        g = None
+        if styled:
+            index = torch.tensor(
+                [self.style_index(item.condition) for item in items],
+                device=self.device,
+            )
+            g = self.style_embedding(index).unsqueeze(-1)
+        result = self.decoder.synthesize(
+            symbols,
+            lengths,
+            g,
+            noise_scale=noise_scale,
+            noise_scale_w=noise_scale_w,
+            length_scale=torch.tensor([item.length_scale for item in items]),
+            generator=[item.generator for item in items],
         )
+        return self._outputs(result, lengths)
+
+    def _unit_tensor(self, units: IdsLike) -> torch.Tensor:
+        unit_tensor = torch.as_tensor(
+            units.tolist() if isinstance(units, torch.Tensor) else list(units),
+            dtype=torch.long,
+        ).reshape(-1)
+        if unit_tensor.numel() == 0:
+            raise ValueError("cannot synthesise an empty unit sequence")
+        if int(unit_tensor.min()) < 0 or int(unit_tensor.max()) >= self.codebook_size:
+            raise ValueError(f"speech units must lie in [0, {self.codebook_size})")
+        return unit_tensor
+
+    def _outputs(
+        self, result: Any, lengths: torch.Tensor | None = None
+    ) -> list[SpeechOutput]:
+        """Per utterance: its samples and the durations of its own units."""
+        outputs = []
+        for b in range(result.audio.shape[0]):
+            n = int(result.audio_lengths[b])
+            units = result.durations.shape[1] if lengths is None else int(lengths[b])
+            outputs.append(
+                SpeechOutput(
+                    waveform=result.audio[b, :n].float().cpu().numpy(),
+                    sample_rate=self.output_sample_rate,
+                    durations=result.durations[b, :units].cpu().numpy(),
+                    hop_length=self.config.u2s.hop_length,
+                )
+            )
+        return outputs
+
+
+@dataclass(frozen=True)
+class SpeechItem:
+    """One utterance of :meth:`EmovaSpeechTokenizer.decode_batch`."""
+
+    units: Sequence[int]
+    condition: str | None = DEFAULT_CONDITION
+    generator: torch.Generator | None = None
+    length_scale: float = 1.0
 
 
 def load_emova(

@@ -398,34 +398,68 @@ class UnitVits(nn.Module):
         *,
         noise_scale: float = 0.667,
         noise_scale_w: float = 0.8,
-        length_scale: float = 1.0,
-        generator: torch.Generator | None = None,
+        length_scale: float | torch.Tensor = 1.0,
+        generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
     ) -> SynthesisOutput:
         """Symbols ``[B, T_x]`` (``178 + unit``), lengths ``[B]``, style ``[B, gin, 1]``
         -> waveforms. Noise is drawn on the CPU from ``generator`` (duration noise
         first, then the prior noise -- upstream's order), so a seeded generator
-        gives the same audio on every device."""
+        gives the same audio on every device.
+
+        With one generator per utterance (a sequence) and ``length_scale`` per
+        utterance (``[B]``), each utterance draws its own noise for its own
+        length, so it sounds as it does synthesized alone: requests batch
+        without changing their seeded output."""
         device = self.enc_p.emb.weight.device
         symbols, lengths = symbols.to(device), lengths.to(device)
         x, m_p, logs_p, x_mask = self.enc_p(symbols, lengths)
-        dp_noise = _randn((x.shape[0], 2, x.shape[2]), generator, x) * noise_scale_w
-        logw = self.dp(x, x_mask, dp_noise, g=g)
+        dp_noise = _noise((x.shape[0], 2, x.shape[2]), generator, x, lengths)
+        logw = self.dp(x, x_mask, dp_noise * noise_scale_w, g=g)
+        if isinstance(length_scale, torch.Tensor):
+            length_scale = length_scale.to(logw).reshape(-1, 1, 1)
         w_ceil = torch.ceil(torch.exp(logw) * x_mask * length_scale)
         y_lengths = torch.clamp_min(torch.sum(w_ceil, [1, 2]), 1).long()
         y_mask = sequence_mask(y_lengths, None).unsqueeze(1).to(x_mask.dtype)
         attn = generate_path(w_ceil, x_mask.unsqueeze(2) * y_mask.unsqueeze(-1))
         m_p = torch.matmul(attn.squeeze(1), m_p.transpose(1, 2)).transpose(1, 2)
         logs_p = torch.matmul(attn.squeeze(1), logs_p.transpose(1, 2)).transpose(1, 2)
-        z_p = m_p + _randn(m_p.shape, generator, m_p) * torch.exp(logs_p) * noise_scale
-        z = self.flow(z_p, y_mask, g=g)
-        audio = self.dec(z * y_mask, g=g)[:, 0]
+        prior = _noise(m_p.shape, generator, m_p, y_lengths)
+        z_p = m_p + prior * torch.exp(logs_p) * noise_scale
+        z = self.flow(z_p, y_mask, g=g) * y_mask
         hop = self.config.hop_length
+        if z.shape[0] == 1:
+            audio = self.dec(z, g=g)[:, 0]
+        else:
+            # The vocoder has no mask: its biases would leak from the padding
+            # into an utterance's last samples, so each runs on its own frames.
+            audio = torch.zeros(z.shape[0], z.shape[2] * hop, dtype=z.dtype)
+            audio = audio.to(z.device)
+            for b, n in enumerate(y_lengths.tolist()):
+                style = None if g is None else g[b : b + 1]
+                audio[b, : n * hop] = self.dec(z[b : b + 1, :, :n], g=style)[0, 0]
         return SynthesisOutput(
             audio=audio,
             audio_lengths=y_lengths * hop,
             durations=w_ceil[:, 0].long(),
             frame_lengths=y_lengths,
         )
+
+
+def _noise(
+    shape: Sequence[int],
+    generator: torch.Generator | Sequence[torch.Generator | None] | None,
+    like: torch.Tensor,
+    lengths: torch.Tensor,
+) -> torch.Tensor:
+    """Standard normal noise ``shape`` (``[B, C, T]``): from one generator for
+    the batch, or per utterance from its own for its first ``lengths[b]``
+    frames (zeros on its padding)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return _randn(shape, generator, like)
+    noise = torch.zeros(tuple(shape), dtype=like.dtype, device=like.device)
+    for b, (gen, n) in enumerate(zip(generator, lengths.tolist(), strict=True)):
+        noise[b, :, :n] = _randn((1, shape[1], n), gen, like)[0]
+    return noise
 
 
 def _randn(

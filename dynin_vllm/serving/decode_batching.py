@@ -1,20 +1,21 @@
-"""Batch the image decodes of concurrent requests.
+"""Batch the codec work of concurrent requests.
 
-Each finished image request hands its codes to :class:`DecodeBatcher`, which
-runs one decode at a time off the event loop. Whatever arrives while a decode
-runs waits and goes into the next one, one batch per grid (the decoder takes
-a ``[B, N]`` batch of one grid), at most ``max_batch`` images: under load the
-decoder sees large batches, and a lone request waits for nothing.
+Each finished request hands its items (an image's codes, an utterance's
+units) to a :class:`DecodeBatcher`, which runs one decode at a time off the
+event loop. Whatever arrives while a decode runs waits and goes into the next
+one, one batch per key (MAGVIT-v2 decodes a ``[B, N]`` batch of one grid, so
+images batch by grid), at most ``max_batch`` items: under load the codec sees
+large batches, and a lone request waits for nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-#: ``decode(codes, grid)``: ``len(codes)`` decoded images of ``grid``.
-DecodeFn = Callable[[list[Any], tuple[int, int]], Sequence[Any]]
+#: ``decode(items, key)``: one result per item, in order.
+DecodeFn = Callable[[list[Any], Any], Sequence[Any]]
 
 
 class DecodeBatcher:
@@ -25,16 +26,16 @@ class DecodeBatcher:
             raise ValueError("max_batch must be >= 1")
         self._decode_fn = decode_fn
         self.max_batch = max_batch
-        self._pending: dict[tuple[int, int], list[tuple[Any, asyncio.Future]]] = {}
+        self._pending: dict[Hashable, list[tuple[Any, asyncio.Future]]] = {}
         self._worker: asyncio.Task | None = None
 
-    async def decode(self, codes: Sequence[Any], grid: tuple[int, int]) -> list[Any]:
-        """Decode ``codes`` (one entry per image) of ``grid``, batched with
-        whatever else is waiting for the decoder."""
+    async def decode(self, items: Sequence[Any], key: Hashable = None) -> list[Any]:
+        """Decode ``items`` (all of ``key``), batched with whatever else of
+        ``key`` is waiting for the codec."""
         loop = asyncio.get_running_loop()
         futures = []
-        queue = self._pending.setdefault(tuple(grid), [])
-        for item in codes:
+        queue = self._pending.setdefault(key, [])
+        for item in items:
             future = loop.create_future()
             queue.append((item, future))
             futures.append(future)
@@ -44,21 +45,21 @@ class DecodeBatcher:
 
     async def _drain(self) -> None:
         while self._pending:
-            grid, queue = next(iter(self._pending.items()))
+            key, queue = next(iter(self._pending.items()))
             batch, rest = queue[: self.max_batch], queue[self.max_batch :]
             if rest:
-                self._pending[grid] = rest
+                self._pending[key] = rest
             else:
-                del self._pending[grid]
+                del self._pending[key]
             try:
-                images = await asyncio.to_thread(
-                    self._decode_fn, [item for item, _ in batch], grid
+                results = await asyncio.to_thread(
+                    self._decode_fn, [item for item, _ in batch], key
                 )
             except Exception as exc:  # every waiter gets the error
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), image in zip(batch, images, strict=True):
+            for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():  # its request may have been cancelled
-                    future.set_result(image)
+                    future.set_result(result)

@@ -8,9 +8,9 @@ Each request becomes engine requests built by
 ``dynin_vllm.multimodal.generation`` (one per image of ``n``), denoised in the
 engine's steps beside every other request; the codes are then decoded by the
 MAGVIT-v2 decoder or EMOVA's U2S off the event loop, on the GPU when the
-server has one (``DYNIN_CODEC_DEVICE`` overrides). Image decodes of concurrent
-requests are batched (``decode_batching``); speech is synthesized one request
-at a time, since each has its own seeded noise and speed.
+server has one (``DYNIN_CODEC_DEVICE`` overrides), batched across concurrent
+requests (``decode_batching``): images by size, utterances each with its own
+seeded noise, speed and voice.
 
 The routes mount from the plugin itself (``vllm_private.mount_endpoint_plugin``:
 vLLM loads endpoint plugins only when ``VLLM_PLUGINS`` names them). On a
@@ -225,7 +225,7 @@ def codec_device() -> str:
 @dataclass
 class Codecs:
     """The model's codecs, loaded on first use on :func:`codec_device`; one
-    call at a time (MAGVIT-v2 decodes come batched, see ``decode_batching``)."""
+    call at a time (the serving layer batches them, see ``decode_batching``)."""
 
     model: str
     device: str = ""
@@ -295,21 +295,41 @@ class Codecs:
         with self._lock, torch.no_grad():
             return magvit.encode(pixels[None].float().to(self.device))[0].tolist()
 
-    def synthesize(self, units: list[int], condition: str, speed: float, seed):
+    def synthesize(self, items: list[SpeechJob], _key: Any = None) -> list:
+        """EMOVA U2S of several utterances in one batch, each as it sounds
+        alone (its own seeded noise, speed and style); ``(waveform, rate)``
+        per item, an empty waveform for no units."""
         import numpy as np
         import torch
 
+        from dynin_vllm.multimodal.emova import SpeechItem
+
         emova = self.emova()
-        if not units:
-            return np.zeros(0, dtype=np.float32), emova.output_sample_rate
-        generator = None
-        if seed is not None:
-            generator = torch.Generator().manual_seed(int(seed) % (1 << 63))
+        rate = emova.output_sample_rate
+        spoken = [i for i, job in enumerate(items) if job.units]
+        batch = []
+        for i in spoken:
+            job = items[i]
+            generator = None
+            if job.seed is not None:
+                generator = torch.Generator().manual_seed(int(job.seed) % (1 << 63))
+            batch.append(SpeechItem(job.units, job.condition, generator, 1 / job.speed))
         with self._lock:
-            out = emova.decode(
-                units, condition, generator=generator, length_scale=1.0 / speed
-            )
-        return out.waveform, out.sample_rate
+            outputs = emova.decode_batch(batch) if batch else []
+        results = [(np.zeros(0, dtype=np.float32), rate) for _ in items]
+        for i, out in zip(spoken, outputs, strict=True):
+            results[i] = (out.waveform, out.sample_rate)
+        return results
+
+
+@dataclass(frozen=True)
+class SpeechJob:
+    """One utterance for :meth:`Codecs.synthesize`."""
+
+    units: list[int]
+    condition: str
+    speed: float
+    seed: int | None
 
 
 # --- serving ------------------------------------------------------------------
@@ -324,6 +344,7 @@ class MediaServing:
         self.max_model_len = config.max_model_len
         self.codecs = Codecs(config.model)
         self.image_decoder = DecodeBatcher(self.codecs.decode_images)
+        self.speech_decoder = DecodeBatcher(self.codecs.synthesize)
 
     @functools.cached_property
     def tokenizer(self) -> Any:
@@ -443,7 +464,7 @@ class MediaServing:
         """
         from vllm.sampling_params import RequestOutputKind
 
-        from dynin_vllm.engine.previews import preview_tokens
+        from dynin_vllm.engine.previews import previews_of
 
         output_format = options["output_format"]
         params = request.sampling_params.clone()
@@ -463,8 +484,9 @@ class MediaServing:
                 completion = output.outputs[0]
                 if completion.finish_reason == "error":
                     raise RuntimeError("the engine failed the request")
-                preview = preview_tokens(output)
-                if preview is not None:
+                # Every preview so far: outputs this loop was too slow to take
+                # arrive merged, and the partial images still all go out.
+                for preview in previews_of(output)[partial_index:]:
                     b64 = await self._encode_image(request, preview, output_format)
                     yield _sse(
                         f"{kind}.partial_image",
@@ -570,8 +592,8 @@ class MediaServing:
         await asyncio.to_thread(self._require, "emova")
         output = await self._run(request, f"speech-{uuid.uuid4().hex}")
         units = speech_units(output.outputs[0].token_ids, self.tokenizer)
-        wave, rate = await asyncio.to_thread(
-            self.codecs.synthesize, units, condition, speed, seed
+        ((wave, rate),) = await self.speech_decoder.decode(
+            [SpeechJob(units, condition, speed, seed)]
         )
         payload = await asyncio.to_thread(audio_bytes, wave, rate, fmt)
         return payload, AUDIO_MEDIA_TYPES[fmt]
@@ -711,4 +733,11 @@ class MediaEndpoints:
             state.dynin_media = MediaServing(engine_client)
 
 
-__all__ = ["OPENAI_VOICES", "MediaEndpoints", "MediaServing", "voice_condition"]
+__all__ = [
+    "OPENAI_VOICES",
+    "Codecs",
+    "MediaEndpoints",
+    "MediaServing",
+    "SpeechJob",
+    "voice_condition",
+]

@@ -308,3 +308,42 @@ def test_env_var_resolution(emova_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
     model = load_emova()
     assert model.output_sample_rate == 22050 and model.input_sample_rate == 16000
     assert model.codebook_size == 4096
+
+
+def test_a_batch_decodes_each_utterance_as_alone(emova: EmovaSpeechTokenizer) -> None:
+    """Requests batch in the server without changing their seeded audio: each
+    utterance draws its own noise for its own length, with its own speed and
+    style."""
+    from dynin_vllm.multimodal.emova import SpeechItem
+
+    rng = torch.Generator().manual_seed(0)
+    specs = [
+        (12, "gender-female_emotion-neutral_speed-normal_pitch-normal", 1, 1.0),
+        (30, "gender-male_emotion-happy_speed-fast_pitch-low", 2, 0.5),
+        (5, "gender-female_emotion-sad_speed-slow_pitch-high", 3, 2.0),
+    ]
+    items = [
+        (torch.randint(0, emova.codebook_size, (n,), generator=rng), cond, seed, scale)
+        for n, cond, seed, scale in specs
+    ]
+    batch = emova.decode_batch(
+        [
+            SpeechItem(u, c, torch.Generator().manual_seed(s), scale)
+            for u, c, s, scale in items
+        ]
+    )
+    for (units, cond, seed, scale), got in zip(items, batch, strict=True):
+        alone = emova.decode(
+            units,
+            cond,
+            generator=torch.Generator().manual_seed(seed),
+            length_scale=scale,
+        )
+        assert got.waveform.shape == alone.waveform.shape
+        np.testing.assert_allclose(got.waveform, alone.waveform, atol=1e-4)
+        np.testing.assert_array_equal(got.durations, alone.durations)
+    # Another seed changes the audio: the noise is really per utterance.
+    other = emova.decode(
+        items[0][0], items[0][1], generator=torch.Generator().manual_seed(9)
+    )
+    assert not np.allclose(other.waveform[:100], batch[0].waveform[:100])
