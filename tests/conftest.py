@@ -1,8 +1,9 @@
 """Shared fixtures: tiny real-layout checkpoints and vLLM engines on CPU.
 
 Checkpoints are written once per session with the project's own builder, so
-the production loader is what every engine test exercises. Engines take 15-30 s
-to start on CPU; test modules share one through module-scoped fixtures.
+the production loader is what every engine test exercises. Engines take about
+15 s to start on CPU (in process); test modules share one through
+module-scoped fixtures.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import pytest
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Offline engines run in the test process (with ENGINE_ARGS' ``uni`` worker):
+# no engine-core or worker process to spawn, 25 s less per engine start. Set
+# before any engine: vLLM caches its environment at the first one. Servers
+# (AsyncLLM) always run their engine core in a process of its own.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
 @pytest.fixture(scope="session")

@@ -39,15 +39,66 @@ def make_llm(model: Path, **overrides):
     """A vLLM engine for ``model`` with the CPU test defaults."""
     from vllm import LLM
 
-    return LLM(model=str(model), **{**ENGINE_ARGS, **overrides})
+    args = {**ENGINE_ARGS, **overrides}
+    ranks = args.get("tensor_parallel_size", 1) * args.get("pipeline_parallel_size", 1)
+    if ranks > 1 and "distributed_executor_backend" not in overrides:
+        args["distributed_executor_backend"] = "mp"
+    llm = LLM(model=str(model), **args)
+    _undo_service_settings()
+    _keep_shared_state_on_shutdown(llm)
+    return llm
+
+
+def _undo_service_settings() -> None:
+    """An engine core in the test process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``)
+    sets it up as a server: it freezes vLLM's environment variables and the
+    garbage collector's heap. Undo both, so later tests' environments apply
+    and finished engines' memory is freed."""
+    import gc
+
+    import vllm.envs
+
+    vllm.envs.disable_envs_cache()
+    gc.unfreeze()
+
+
+def _keep_shared_state_on_shutdown(llm) -> None:
+    """An in-process engine core tears down the process's distributed state
+    when it shuts down (or is collected), which every other engine in the
+    process shares (the session engine runs beside module engines). Replace
+    that teardown with one of the engine's own parts: its executor (and its
+    worker processes, if any) and its scheduler."""
+    import weakref
+
+    client = llm.llm_engine.engine_core
+    core = getattr(client, "engine_core", None)  # vLLM's InprocClient
+    finalizer = getattr(client, "_finalizer", None)
+    if core is None or finalizer is None or finalizer.detach() is None:
+        return
+    # InprocClient.shutdown() would still tear everything down: shutdown()
+    # below calls this instead, and the client's own is a no-op.
+    client._finalizer = weakref.finalize(client, _shutdown_core, core)
+    client.shutdown = lambda *args, **kwargs: client._finalizer()
+
+
+def _shutdown_core(core) -> None:
+    import gc
+
+    core.model_executor.shutdown()
+    core.scheduler.shutdown()
+    gc.unfreeze()
 
 
 def shutdown(llm) -> None:
-    """Stop an engine's background processes now rather than at exit."""
+    """Stop an engine now rather than at exit: its processes, or its
+    in-process engine core (see :func:`_keep_shared_state_on_shutdown`)."""
+    import gc
+
     engine = getattr(llm, "llm_engine", None)
-    core = getattr(engine, "engine_core", None)
-    if core is not None:
-        core.shutdown()
+    client = getattr(engine, "engine_core", None)
+    if client is not None:
+        client.shutdown()
+    gc.collect()
 
 
 class StatsRecorder:

@@ -245,7 +245,7 @@ def test_without_codec_weights_text_works_and_media_say_what_to_download(tmp_pat
     shutil.rmtree(checkpoint / "magvitv2")
     shutil.rmtree(checkpoint / "emova_speech_tokenizer")
     with temporary_env(HF_HUB_OFFLINE="1", DYNIN_MAGVIT_PATH="", DYNIN_EMOVA_PATH=""):
-        llm = make_llm(checkpoint, gpu_memory_utilization=0.15)
+        llm = make_llm(checkpoint)
         try:
             (text,) = llm.generate(
                 [{"prompt_token_ids": [BOS, 5, 6, 7]}],

@@ -157,7 +157,7 @@ def llm(dynin_checkpoint):
     shared 512-token one)."""
     from tests.engine_utils import make_llm, shutdown
 
-    engine = make_llm(dynin_checkpoint, max_model_len=1536, gpu_memory_utilization=0.15)
+    engine = make_llm(dynin_checkpoint, max_model_len=1536)
     yield engine
     shutdown(engine)
 

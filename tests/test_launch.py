@@ -47,17 +47,18 @@ def test_cli_args_turns_engine_arguments_into_vllm_serve_flags():
 def test_shared_engine_args_as_flags():
     assert ENGINE_ARGS == {
         "dtype": "float32",
-        "gpu_memory_utilization": 0.3,
+        "kv_cache_memory_bytes": 1 << 30,
         "max_model_len": 512,
         "max_num_seqs": 64,
         "enforce_eager": True,
         "seed": 0,
+        "distributed_executor_backend": "uni",
     }
     assert cli_args(ENGINE_ARGS) == [
         "--dtype",
         "float32",
-        "--gpu-memory-utilization",
-        "0.3",
+        "--kv-cache-memory-bytes",
+        str(1 << 30),
         "--max-model-len",
         "512",
         "--max-num-seqs",
@@ -65,6 +66,8 @@ def test_shared_engine_args_as_flags():
         "--enforce-eager",
         "--seed",
         "0",
+        "--distributed-executor-backend",
+        "uni",
     ]
 
 

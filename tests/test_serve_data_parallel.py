@@ -28,7 +28,11 @@ def dp_server(dynin_checkpoint: Path, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve_dp") / "server.log"
     # Two engine cores on a 2-core machine: half the usual KV reservation
     # each, and one core each.
-    args = {**ENGINE_ARGS, "data_parallel_size": 2, "gpu_memory_utilization": 0.15}
+    args = {
+        **ENGINE_ARGS,
+        "data_parallel_size": 2,
+        "distributed_executor_backend": None,
+    }
     with served(
         dynin_checkpoint,
         extra_args=cli_args(args),

@@ -11,21 +11,29 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from dynin_vllm.serving.launch import CPU_GPU_MEMORY_UTILIZATION
+__all__ = ["ENGINE_ARGS", "KV_CACHE_BYTES", "cli_args"]
 
-__all__ = ["ENGINE_ARGS", "cli_args"]
+#: The KV cache of a test or benchmark engine: over 100,000 tokens of the tiny
+#: models.
+KV_CACHE_BYTES = 1 << 30
 
 #: Engine arguments for a small CPU box: float32 (the references compute in
-#: float32), a small KV reservation (on CPU ``gpu_memory_utilization`` is a
-#: fraction of system memory), a short context, and eager mode for a short
-#: start-up. Callers override single keys with ``{**ENGINE_ARGS, key: value}``.
+#: float32), a fixed 1 GiB KV cache (``gpu_memory_utilization`` on CPU is a
+#: share of system memory minus what the process already holds, so a second
+#: engine in one process would get nothing), a short context, eager mode and
+#: the worker in
+#: the engine-core process (``uni``, what vLLM picks for one CUDA device; on
+#: CPU it would spawn a worker process, 10-15 s more per start). Callers
+#: override single keys with ``{**ENGINE_ARGS, key: value}``; more than one
+#: rank needs ``distributed_executor_backend="mp"``.
 ENGINE_ARGS: dict[str, Any] = {
     "dtype": "float32",
-    "gpu_memory_utilization": CPU_GPU_MEMORY_UTILIZATION,
+    "kv_cache_memory_bytes": KV_CACHE_BYTES,
     "max_model_len": 512,
     "max_num_seqs": 64,
     "enforce_eager": True,
     "seed": 0,
+    "distributed_executor_backend": "uni",
 }
 
 
