@@ -44,7 +44,7 @@ serve-once: install
 example: install
 	$(BIN)/python -m dynin_vllm.demo.offline
 
-## The test suite (CPU: about 23 minutes on 2 cores, after the first install).
+## The test suite (CPU: about 22 minutes on 2 cores, after the first install).
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

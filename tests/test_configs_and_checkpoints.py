@@ -173,7 +173,9 @@ def test_pipeline_parallelism_is_refused_naming_it(dynin_checkpoint):
 
     dynin_vllm.register()
     args = EngineArgs(
-        model=str(dynin_checkpoint), pipeline_parallel_size=2, **ENGINE_ARGS
+        model=str(dynin_checkpoint),
+        pipeline_parallel_size=2,
+        **{**ENGINE_ARGS, "distributed_executor_backend": "mp"},
     )
     with pytest.raises(ValueError, match="Pipeline parallelism is not supported"):
         args.create_engine_config()
@@ -188,7 +190,9 @@ def test_tensor_parallel_size_must_divide_the_heads(dynin_checkpoint):
 
     dynin_vllm.register()
     args = EngineArgs(
-        model=str(dynin_checkpoint), tensor_parallel_size=3, **ENGINE_ARGS
+        model=str(dynin_checkpoint),
+        tensor_parallel_size=3,
+        **{**ENGINE_ARGS, "distributed_executor_backend": "mp"},
     )
     with pytest.raises(ValueError, match=r"attention heads \(2\) must be divisible"):
         args.create_engine_config()

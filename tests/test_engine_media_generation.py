@@ -254,8 +254,8 @@ def test_seeded_sampling_is_the_same_alone_and_batched(llm, tokenizer):
 
 def test_the_lm_head_computes_only_the_allowed_columns(llm, tokenizer, expected):
     """Image rows need the 8,192 codebook columns, not the 138,752-wide
-    vocabulary; a step with a text row computes full rows (and the parity
-    tests above pass both ways)."""
+    vocabulary, also in a step shared with text rows (which get full rows);
+    the parity tests above pass both ways."""
 
     def work() -> dict[str, int]:
         return llm.collective_rpc("logits_columns")[0]
@@ -281,7 +281,10 @@ def test_the_lm_head_computes_only_the_allowed_columns(llm, tokenizer, expected)
         use_tqdm=False,
     )
     assert list(_generate_text[0].outputs[0].token_ids) == expected["t2i-no-cfg"]
-    assert work()["full_rows"] > after["full_rows"]
+    # Steps shared with a text request compute full rows for the text only.
+    mixed = work()
+    assert mixed["full_rows"] > after["full_rows"]
+    assert mixed["windowed_rows"] - after["windowed_rows"] == windowed
 
 
 @pytest.mark.parametrize("name", ["t2i-upstream-prefix", "i2i"])

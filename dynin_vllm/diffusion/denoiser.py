@@ -63,6 +63,8 @@ class StepPlan:
     # ``(state index, first logits row, count)``: a static unconditional
     # branch's rows for every remaining answer position, to cache.
     uncond_cache_fills: tuple[tuple[int, int, int], ...] = ()
+    # Per logits row (cond, uncond, cache rows): index into ``states``.
+    logits_row_slot: torch.Tensor | None = None
 
 
 def new_seed() -> int:
@@ -292,10 +294,14 @@ class Denoiser:
             index[has_cfg] = num_cond + torch.arange(int(has_cfg.sum()))
             rows = torch.cat([rows, uncond[has_cfg]])
             uncond_row_index = index
+        logits_row_slot = torch.cat([row_slot, row_slot[has_cfg]])
         cache_fills = []
         for slot, first_row, count in fills:
             cache_fills.append((slot, rows.numel(), count))
             rows = torch.cat([rows, first_row + torch.arange(count)])
+            logits_row_slot = torch.cat(
+                [logits_row_slot, torch.full((count,), slot, dtype=torch.int64)]
+            )
         return StepPlan(
             logits_rows=rows,
             num_cond_rows=num_cond,
@@ -308,6 +314,7 @@ class Denoiser:
             hole_indices=hole_indices,
             uncond_from_cache=from_cache if bool(from_cache.any()) else None,
             uncond_cache_fills=tuple(cache_fills),
+            logits_row_slot=logits_row_slot,
         )
 
     def step(
@@ -555,6 +562,26 @@ def logits_window(plan: StepPlan) -> tuple[int, int] | None:
         min(lo for r in ranges for lo, _ in r),
         max(hi for r in ranges for _, hi in r),
     )
+
+
+def logits_row_windows(plan: StepPlan) -> list[tuple[torch.Tensor, int, int]]:
+    """For a step whose rows do not all restrict the vocabulary: ``(logits
+    rows, lo, hi)`` per group of rows that can only take ids in ``[lo, hi)``
+    (their request's allowed hull). The LM head computes those columns only
+    for them, and full rows for the others."""
+    if plan.logits_row_slot is None or not plan.logits_row_slot.numel():
+        return []
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, state in enumerate(plan.states):
+        ranges = state.params.allowed_token_ranges
+        if ranges:
+            hull = (min(lo for lo, _ in ranges), max(hi for _, hi in ranges))
+            groups.setdefault(hull, []).append(i)
+    windows = []
+    for (lo, hi), slots in groups.items():
+        rows = torch.isin(plan.logits_row_slot, torch.tensor(slots))
+        windows.append((rows.nonzero().flatten(), lo, hi))
+    return windows
 
 
 def _allowed_columns(state: RequestState, device: torch.device) -> torch.Tensor:

@@ -37,7 +37,13 @@ from vllm.distributed import (
 from vllm.logger import init_logger
 
 from dynin_vllm import vllm_private
-from dynin_vllm.diffusion.denoiser import Denoiser, DraftSpan, StepPlan, logits_window
+from dynin_vllm.diffusion.denoiser import (
+    Denoiser,
+    DraftSpan,
+    StepPlan,
+    logits_row_windows,
+    logits_window,
+)
 from dynin_vllm.engine import cfg, infill, previews
 from dynin_vllm.engine.defaults import answer_length
 from dynin_vllm.engine.likelihood import (
@@ -215,11 +221,23 @@ class DiffusionRunnerMixin:
             window = (0, 1)  # the placeholder row: nothing reads it
         elif not self._likelihood_plan.logits_rows.numel():
             window = logits_window(self._step_plan)
-        applied = self.get_model().set_logits_columns(window) and window is not None
-        self._column_offset = window[0] if applied else 0
-        width = window[1] - window[0] if applied else self._vocab_columns
-        self._logits_work["windowed_rows" if applied else "full_rows"] += num_rows
-        self._logits_work["columns"] += num_rows * width
+        row_windows = []
+        if window is None and num_rows and not self.num_prompt_logprobs:
+            # Some rows take any id: full rows for them, windows for the rest.
+            row_windows = logits_row_windows(self._step_plan)
+        applied = self.get_model().set_logits_columns(window, rows=row_windows)
+        self._column_offset = window[0] if applied and window is not None else 0
+        work = self._logits_work
+        if applied and window is not None:
+            work["windowed_rows"] += num_rows
+            work["columns"] += num_rows * (window[1] - window[0])
+            return
+        windowed = sum(idx.numel() for idx, _, _ in row_windows) if applied else 0
+        work["windowed_rows"] += windowed
+        work["full_rows"] += num_rows - windowed
+        work["columns"] += (num_rows - windowed) * self._vocab_columns
+        if applied:
+            work["columns"] += sum(i.numel() * (hi - lo) for i, lo, hi in row_windows)
 
     def _apply_position_gaps(
         self, ends: np.ndarray, num_scheduled_tokens: np.ndarray

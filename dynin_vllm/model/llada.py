@@ -351,6 +351,7 @@ class LLaDAForMaskedDiffusion(
         # Vocabulary columns [lo, hi) the next logits need (the runner sets
         # them when every row of a step is restricted, e.g. image codes).
         self._logits_columns: tuple[int, int] | None = None
+        self._logits_row_windows: list[tuple[torch.Tensor, int, int]] | None = None
         # Not a submodule: its weights are not in the checkpoint.
         self._image_encoder = (
             ImageEncoder.for_model(vllm_config.model_config.model)
@@ -426,15 +427,22 @@ class LLaDAForMaskedDiffusion(
             input_ids, positions, intermediate_tensors, inputs_embeds
         )
 
-    def set_logits_columns(self, columns: tuple[int, int] | None) -> bool:
+    def set_logits_columns(
+        self,
+        columns: tuple[int, int] | None,
+        rows: list[tuple[torch.Tensor, int, int]] | None = None,
+    ) -> bool:
         """Compute only vocabulary columns ``[lo, hi)`` in :meth:`compute_logits`
-        from now on (``None``: all of them). Returns whether the restriction
+        from now on (``None``: all of them); or, with ``rows`` and no
+        ``columns``, only ``[lo, hi)`` for each group of ``(row indices, lo,
+        hi)`` and every column for the other rows (the logits are then full
+        width, 0 outside a group's columns). Returns whether the restriction
         applies: it does not where the LM head cannot be sliced (tensor
         parallel shards, quantized or LoRA-wrapped heads, scaled or capped
         logits), and then the logits stay full width."""
         head = self.lm_head
         sliceable = (
-            columns is not None
+            (columns is not None or bool(rows))
             and get_tensor_model_parallel_world_size() == 1
             and type(getattr(head, "quant_method", None)).__name__
             == "UnquantizedEmbeddingMethod"
@@ -445,13 +453,34 @@ class LLaDAForMaskedDiffusion(
             and self.logits_processor.soft_cap is None
         )
         self._logits_columns = columns if sliceable else None
+        self._logits_row_windows = rows if sliceable and columns is None else None
         return sliceable
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        if self._logits_row_windows:
+            return self._row_window_logits(hidden_states, self._logits_row_windows)
         if self._logits_columns is None:
             return self.logits_processor(self.lm_head, hidden_states)
         lo, hi = self._logits_columns
         return nn.functional.linear(hidden_states, self.lm_head.weight[lo:hi])
+
+    def _row_window_logits(
+        self, hidden_states: torch.Tensor, windows: list[tuple[torch.Tensor, int, int]]
+    ) -> torch.Tensor:
+        device = hidden_states.device
+        windowed = torch.zeros(hidden_states.shape[0], dtype=torch.bool, device=device)
+        for index, _, _ in windows:
+            windowed[index.to(device)] = True
+        full_rows = (~windowed).nonzero().flatten()
+        full = self.logits_processor(self.lm_head, hidden_states[full_rows])
+        logits = full.new_zeros(hidden_states.shape[0], full.shape[1])
+        logits[full_rows] = full
+        weight = self.lm_head.weight
+        for index, lo, hi in windows:
+            index = index.to(device)
+            part = nn.functional.linear(hidden_states[index], weight[lo:hi])
+            logits[index, lo:hi] = part.to(logits.dtype)
+        return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load HF-named tensors, checking names and full shapes against the layout.
