@@ -279,23 +279,11 @@ class EmovaSpeechTokenizer(nn.Module):
         ``condition=None`` synthesises without a style vector (upstream's behaviour
         for a missing condition). ``generator`` seeds the sampling noise.
         """
-        unit_tensor = self._unit_tensor(units)
-        symbols = (unit_tensor + UNIT_SYMBOL_OFFSET).unsqueeze(0)
-        lengths = torch.tensor([symbols.shape[1]])
-        g = None
-        if condition is not None:
-            index = torch.tensor([self.style_index(condition)], device=self.device)
-            g = self.style_embedding(index).unsqueeze(-1)
-        result = self.decoder.synthesize(
-            symbols,
-            lengths,
-            g,
-            noise_scale=noise_scale,
-            noise_scale_w=noise_scale_w,
-            length_scale=length_scale,
-            generator=generator,
+        item = SpeechItem(units, condition, generator, length_scale)
+        (output,) = self.decode_batch(
+            [item], noise_scale=noise_scale, noise_scale_w=noise_scale_w
         )
-        return self._outputs(result)[0]
+        return output
 
     @torch.no_grad()
     def decode_batch(
@@ -355,14 +343,12 @@ class EmovaSpeechTokenizer(nn.Module):
             raise ValueError(f"speech units must lie in [0, {self.codebook_size})")
         return unit_tensor
 
-    def _outputs(
-        self, result: Any, lengths: torch.Tensor | None = None
-    ) -> list[SpeechOutput]:
+    def _outputs(self, result: Any, lengths: torch.Tensor) -> list[SpeechOutput]:
         """Per utterance: its samples and the durations of its own units."""
         outputs = []
         for b in range(result.audio.shape[0]):
             n = int(result.audio_lengths[b])
-            units = result.durations.shape[1] if lengths is None else int(lengths[b])
+            units = int(lengths[b])
             outputs.append(
                 SpeechOutput(
                     waveform=result.audio[b, :n].float().cpu().numpy(),
