@@ -1358,6 +1358,9 @@ def test_image_edit_through_the_sdk_matches_the_reference(
         extra_body={"num_inference_steps": 4, "temperature": 0},
     )
     assert result.size == "64x64" and len(result.data) == 2
+    assert result.usage.input_tokens_details.image_tokens == 16  # the source
+    details = result.usage.input_tokens_details
+    assert details.text_tokens + details.image_tokens == result.usage.input_tokens
     magvit = load_magvit2(dynin_checkpoint / "magvitv2").float().eval()
     offset = len(tokenizer)
     codes = image_codes(magvit, source, resolution=64)

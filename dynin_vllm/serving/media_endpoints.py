@@ -350,6 +350,14 @@ class MediaServing:
     def tokenizer(self) -> Any:
         return self.engine.renderer.get_tokenizer()
 
+    @functools.cached_property
+    def image_ids(self) -> range:
+        """The vocabulary ids of image codes."""
+        from dynin_vllm.multimodal.ids import VocabLayout
+
+        layout = VocabLayout.from_tokenizer(self.tokenizer)
+        return range(layout.image_offset, layout.speech_offset)
+
     async def _run(self, request: Any, request_id: str) -> Any:
         final = None
         async for output in self.engine.generate(
@@ -501,7 +509,6 @@ class MediaServing:
                     partial_index += 1
                 tokens += completion.token_ids
             b64 = await self._encode_image(request, tokens, output_format)
-            input_tokens = len(output.prompt_token_ids or ())
             yield _sse(
                 f"{kind}.completed",
                 {
@@ -509,7 +516,9 @@ class MediaServing:
                     "type": f"{kind}.completed",
                     "b64_json": b64,
                     "created_at": int(time.time()),
-                    "usage": _usage(input_tokens, len(tokens)),
+                    "usage": _usage(
+                        output.prompt_token_ids, len(tokens), self.image_ids
+                    ),
                 },
             )
         except Exception as exc:  # the stream has started: report in band
@@ -544,14 +553,13 @@ class MediaServing:
             {"b64_json": await asyncio.to_thread(image_b64, p, output_format)}
             for p in pixels
         ]
-        input_tokens = len(outputs[0].prompt_token_ids or ())
         output_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
         return {
             "created": int(time.time()),
             "data": data,
             "output_format": output_format,
             "size": size,
-            "usage": _usage(input_tokens, output_tokens),
+            "usage": _usage(outputs[0].prompt_token_ids, output_tokens, self.image_ids),
         }
 
     def _require(self, which: str) -> None:
@@ -599,12 +607,18 @@ class MediaServing:
         return payload, AUDIO_MEDIA_TYPES[fmt]
 
 
-def _usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+def _usage(prompt: Any, output_tokens: int, image_ids: range) -> dict[str, Any]:
+    """OpenAI's image usage; a source image's codes are its image tokens."""
+    prompt = list(prompt or ())
+    images = sum(1 for t in prompt if t in image_ids)
     return {
-        "input_tokens": input_tokens,
-        "input_tokens_details": {"text_tokens": input_tokens, "image_tokens": 0},
+        "input_tokens": len(prompt),
+        "input_tokens_details": {
+            "text_tokens": len(prompt) - images,
+            "image_tokens": images,
+        },
         "output_tokens": output_tokens,
-        "total_tokens": input_tokens + output_tokens,
+        "total_tokens": len(prompt) + output_tokens,
     }
 
 
