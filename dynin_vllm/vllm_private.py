@@ -66,6 +66,8 @@ RUNNER_ATTRIBUTES: tuple[str, ...] = (
     "max_model_len",
     "num_prompt_logprobs",
     "positions",
+    "seq_lens",
+    "optimistic_seq_lens_cpu",
 )
 
 #: V1 scheduler methods overridden or called, with their parameter names.
@@ -77,6 +79,7 @@ SCHEDULER_SIGNATURES: dict[str, tuple[str, ...]] = {
     "update_draft_token_ids": ("self", "draft_token_ids"),
     "_preempt_request": ("self", "request", "timestamp", "drop_stale_output"),
     "_free_encoder_inputs": ("self", "request"),
+    "_update_after_schedule": ("self", "scheduler_output"),
     "make_stats": (
         "self",
         "spec_decoding_stats",
@@ -299,7 +302,48 @@ TOUCHED: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {
         ("request_id", "finish_reason", "kv_transfer_params"),
     ),
     "vllm.v1.engine:EngineCoreOutputs": ({}, ("outputs",)),
-    "vllm.v1.request:Request": ({}, ("request_id", "client_index", "status")),
+    "vllm.v1.request:Request": (
+        {},
+        (
+            "request_id",
+            "client_index",
+            "status",
+            "num_computed_tokens",
+            "num_output_tokens",
+            "num_tokens",
+        ),
+    ),
+    "vllm.v1.core.kv_cache_manager:KVCacheManager": (
+        {
+            "allocate_slots": (
+                "self",
+                "request",
+                "num_new_tokens",
+                "num_new_computed_tokens",
+                "new_computed_blocks",
+                "num_lookahead_tokens",
+                "num_external_computed_tokens",
+                "delay_cache_blocks",
+                "num_encoder_tokens",
+                "full_sequence_must_fit",
+                "reserved_blocks",
+                "has_scheduled_reqs",
+                "skip_zeroing_group_ids",
+            )
+        },
+        (),
+    ),
+    "vllm.v1.core.sched.output:SchedulerOutput": (
+        {},
+        (
+            "scheduled_new_reqs",
+            "scheduled_cached_reqs",
+            "num_scheduled_tokens",
+            "total_num_scheduled_tokens",
+            "scheduled_spec_decode_tokens",
+        ),
+    ),
+    "vllm.v1.core.sched.output:CachedRequestData": ({}, ("resumed_req_ids",)),
     "vllm.multimodal.media.image:ImageMediaIO": (
         {"load_bytes": ("self", "data"), "load_file": ("self", "filepath")},
         (),
@@ -594,6 +638,30 @@ def refuse_decompression_bombs_as_bad_input() -> None:
         functools.update_wrapper(load, original)
         load.__dynin_wrapped__ = True  # type: ignore[attr-defined]
         setattr(ImageMediaIO, name, load)
+
+
+def reserve_admission_slots(scheduler: Any, extra_tokens: Callable[[Any], int]) -> None:
+    """Have the scheduler's KV manager reserve ``extra_tokens(request)`` more
+    slots whenever it admits a request (waiting or preempted): room for the
+    canvas the scheduler adds to that request's first forward. The lookahead
+    argument is the one vLLM's own drafters reserve their slots with."""
+    from vllm.v1.request import RequestStatus
+
+    manager = scheduler.kv_cache_manager
+    allocate = manager.allocate_slots
+    admitting = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+
+    @functools.wraps(allocate)
+    def allocate_slots(request: Any, num_new_tokens: int, *args: Any, **kwargs: Any):
+        if request.status in admitting:
+            extra = extra_tokens(request)
+            if extra:
+                kwargs["num_lookahead_tokens"] = (
+                    kwargs.get("num_lookahead_tokens", 0) + extra
+                )
+        return allocate(request, num_new_tokens, *args, **kwargs)
+
+    manager.allocate_slots = allocate_slots
 
 
 def fail_request_next_step(scheduler: Any, req_id: str) -> None:

@@ -1,9 +1,10 @@
-"""Every engine forward of a request, after its prompt prefill, is a denoising step.
+"""Every engine forward of a request is a denoising step.
 
 The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``),
 so one ``LLMEngine.step()`` is one engine iteration and a lone request's
-forwards can be counted. In every mode a request takes one prefill plus its
-schedule's steps: ``prefix``'s block-start refresh is the block's first step.
+forwards can be counted. In every mode a request takes exactly its schedule's
+steps: its first forward carries the prompt and the first canvas, and the
+block-start refresh of ``prefix`` and ``dual`` is the block's first step.
 """
 
 from __future__ import annotations
@@ -29,11 +30,9 @@ def inprocess_llm(dynin_checkpoint):
 
 @pytest.mark.parametrize(
     ("mode", "tokens_per_step"),
-    list(itertools.product(("exact", "prefix", "block"), (1, 4))),
+    list(itertools.product(("exact", "prefix", "dual", "block"), (1, 2, 4))),
 )
-def test_forwards_are_the_prefill_and_the_schedule(
-    inprocess_llm, mode, tokens_per_step
-):
+def test_forwards_are_the_schedule(inprocess_llm, mode, tokens_per_step):
     from vllm import SamplingParams
 
     engine = inprocess_llm.llm_engine
@@ -55,7 +54,7 @@ def test_forwards_are_the_prefill_and_the_schedule(
     assert finished is not None and len(finished.outputs[0].token_ids) == ANSWER
     denoising = finished.outputs[0].spec_decode_metrics.to_dict()["num_spec_steps"]
     assert denoising == steps
-    assert iterations == 1 + steps
+    assert iterations == steps
 
 
 def test_likelihood_rows_of_concurrent_requests_share_forwards(inprocess_llm):

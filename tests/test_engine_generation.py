@@ -1,8 +1,9 @@
 """Masked-diffusion generation through vLLM's engine, held to the reference.
 
 Every mode that claims exactness must match the pure-torch reference sampler
-token for token: ``exact`` against the upstream sampler, ``prefix`` and
-``block`` against references with the same cache semantics; alone and batched.
+token for token: ``exact`` against the upstream sampler, ``prefix``, ``dual``
+and ``block`` against references with the same cache semantics; alone and
+batched.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ PROMPTS = [
     [126080, 5, 6, 7, 8, 9, 10, 11, 12],
     [126080, *range(200, 240)],
 ]
-MODES = ["exact", "prefix", "block"]
+MODES = ["exact", "prefix", "dual", "block"]
 CONFIGS = {
     "one_token_per_step": dict(max_tokens=16, block_length=8, steps=16),
     "remainder_early": dict(max_tokens=16, block_length=8, steps=6),

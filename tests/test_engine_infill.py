@@ -33,7 +33,7 @@ CONFIGS = {
     "factor": dict(max_tokens=8, block_length=4, factor=1.0),
     "sampled": dict(max_tokens=8, block_length=4, steps=8, temperature=0.7),
 }
-MODES = ["exact", "prefix"]
+MODES = ["exact", "prefix", "dual"]
 SEED = 77
 
 

@@ -26,8 +26,16 @@ MASK = 126336
 def _requests():
     """Requests whose KV grows past the tiny cache once their canvas arrives."""
     base = [126080, *range(300, 319)]  # 20 tokens
-    modes = ["prefix", "exact", "prefix", "exact", "prefix", "prefix"]
-    extras = [{}, {}, {"threshold": 0.3}, {"steps": 20}, {"cfg_scale": 1.0}, {}]
+    modes = ["prefix", "exact", "dual", "exact", "prefix", "dual", "dual"]
+    extras = [
+        {},
+        {},
+        {"threshold": 0.3},
+        {"steps": 20},
+        {"cfg_scale": 1.0},
+        {},
+        {"cfg_scale": 1.0, "factor": 1.0},
+    ]
     for i, (mode, extra) in enumerate(zip(modes, extras, strict=True)):
         prompt = [*base[:-1], 400 + i]
         if i in (1, 2, 5):  # infill: holes restored when a block restarts

@@ -95,6 +95,52 @@ def test_completion_matches_reference(server, tokenizer, reference_model):
     assert steps == 12  # one token per step
 
 
+def test_dual_mode_matches_its_reference_through_the_sdk(
+    server, tokenizer, reference_model
+):
+    """Fast-dLLM's dual cache over HTTP: fixed steps (streamed) and threshold
+    decoding, concurrently, each token for token its reference's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI
+
+    base, model = server
+    client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    cases = [
+        ("The capital of France is", {"steps": 6}, True),
+        ("Rivers run to the", {"threshold": 0.3}, False),
+    ]
+
+    def complete(case) -> str:
+        prompt, extra, stream = case
+        body = {"vllm_xargs": {"mode": "dual", "block_length": 4, **extra}}
+        response = client.completions.create(
+            model=model,
+            prompt=prompt,
+            max_tokens=12,
+            temperature=0,
+            stream=stream,
+            extra_body=body,
+        )
+        if stream:
+            return "".join(c.choices[0].text for c in response if c.choices)
+        return response.choices[0].text
+
+    with ThreadPoolExecutor(len(cases)) as pool:
+        texts = list(pool.map(complete, cases))
+    for (prompt, extra, _), text in zip(cases, texts, strict=True):
+        assert text == _expected_text(
+            tokenizer,
+            reference_model,
+            tokenizer(prompt).input_ids,
+            gen_length=12,
+            block_length=4,
+            steps=extra.get("steps"),
+            threshold=extra.get("threshold"),
+            mode="dual",
+        )
+
+
 def test_completion_streams_one_chunk_per_committed_block(server):
     base, model = server
     plain = requests.post(

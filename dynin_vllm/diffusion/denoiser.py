@@ -22,7 +22,7 @@ import torch
 from dynin_vllm import kernels
 from dynin_vllm.diffusion.params import DiffusionParams
 from dynin_vllm.diffusion.schedule import BlockLayout
-from dynin_vllm.diffusion.state import RequestState
+from dynin_vllm.diffusion.state import RequestState, initial_canvas, uncond_view
 
 #: Temperatures below this are greedy, as in vLLM.
 GREEDY_EPS = 1e-5
@@ -104,11 +104,8 @@ class Denoiser:
         holes = torch.zeros(0, dtype=torch.int64)
         if params.fills_prompt and prompt:
             holes = (torch.tensor(prompt) == self.mask_id).nonzero().flatten()
-        if params.canvas is not None:
-            initial = torch.tensor(params.canvas[:answer_len], dtype=torch.int64)
-            answer_len = initial.numel()
-        else:
-            initial = torch.full((answer_len,), self.mask_id, dtype=torch.int64)
+        initial = initial_canvas(params, answer_len, self.mask_id)
+        answer_len = initial.numel()
         state = RequestState(
             req_id=req_id,
             params=params,
@@ -201,7 +198,7 @@ class Denoiser:
             main = self.states.get(state.cfg_partner or "")
             if main is None:
                 return []
-            return _masked_for_branch(main.drafts(), main.committed, main)
+            return uncond_view(main.drafts(), main.committed, main.params, self.mask_id)
         return state.drafts()
 
     # --- one step ----------------------------------------------------------
@@ -452,8 +449,8 @@ class Denoiser:
             tokens = state.apply_block(new_blocks[i, n:], filled)
             emitted[state.req_id] = tokens
             if uncond_id is not None:
-                emitted[uncond_id] = _masked_for_branch(
-                    tokens, state.committed - len(tokens), state
+                emitted[uncond_id] = uncond_view(
+                    tokens, state.committed - len(tokens), state.params, self.mask_id
                 )
         return emitted
 
@@ -608,16 +605,6 @@ def _restore_uncond(plan: StepPlan, uncond: torch.Tensor, column_offset: int):
         values = torch.zeros(rows.numel(), width, dtype=uncond.dtype, device=device)
         values[:, columns[inside]] = cache[at][:, inside].to(uncond.dtype)
         uncond[rows] = values
-
-
-def _masked_for_branch(tokens: list[int], start: int, main: RequestState) -> list[int]:
-    """What the unconditional branch shows for ``tokens`` (answer positions
-    ``start, ...`` of its request): the mask id on its first
-    ``uncond_masked_slots`` slots, the request's tokens elsewhere."""
-    masked = min(len(tokens), main.params.uncond_masked_slots - start)
-    if masked <= 0:
-        return list(tokens)
-    return [main.mask_id] * masked + list(tokens[masked:])
 
 
 def _allowed_rows(

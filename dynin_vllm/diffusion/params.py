@@ -18,9 +18,10 @@ threshold      Fast-dLLM parallel decoding: commit every masked position of the
                block with confidence >= threshold, at least one; ignores steps
 factor         Fast-dLLM factor rule (``(n+1)(1-c_n) < factor``); ignores steps
 cfg_scale      classifier-free guidance scale (0 = off): ``u + (s+1)(c-u)``
-mode           ``prefix`` (Fast-dLLM prefix cache, default), ``exact`` (upstream:
-               recompute everything each step) or ``block`` (write each block's
-               KV once, never refresh)
+mode           ``prefix`` (Fast-dLLM prefix cache, default), ``dual`` (Fast-dLLM
+               DualCache: the masked suffix's KV is cached too), ``exact``
+               (upstream: recompute everything each step) or ``block`` (write
+               each block's KV once, never refresh)
 infill         fill the prompt's mask ids as upstream's samplers do (default
                true; a prompt without mask ids is unaffected). ``false`` keeps
                them as fixed tokens. ``block`` mode always keeps them fixed
@@ -67,7 +68,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-MODES = ("prefix", "exact", "block")
+MODES = ("prefix", "exact", "block", "dual")  # append only (stats indices)
 REMASKING = ("low_confidence", "random")
 
 #: Fallback defaults when neither the request nor the checkpoint sets a value.

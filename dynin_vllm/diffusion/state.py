@@ -18,10 +18,18 @@ forward in ``prefix``) and a block ends when it has no mask left. Fixed
 steps: a block's schedule spreads its masks and the open holes, every step
 shows the holes (in ``prefix`` each step is a full forward while they are
 open), and the block ends when both are filled.
+
+What a step forwards (:meth:`RequestState.drafts`) depends on the mode:
+``exact`` and ``prefix`` forward every uncommitted answer position, ``block``
+the current block; ``dual`` forwards every uncommitted position at a block's
+first step (the refresh of prompt, committed blocks and masked suffix) and the
+current block alone at its later steps. A request's first forward carries its
+prompt and its first canvas (:func:`admission_canvas`), so it denoises too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +44,45 @@ def preview_steps(count: int, steps: int) -> set[int]:
     (its prediction is the result), so a short schedule previews less."""
     chosen = {max(1, steps * (j + 1) // (count + 1)) for j in range(count)}
     return {s for s in chosen if s < steps}
+
+
+def initial_canvas(
+    params: DiffusionParams, answer_len: int, mask_id: int
+) -> torch.Tensor:
+    """A request's answer region before its first step: its ``canvas``
+    (mask ids among fixed ids), else ``answer_len`` mask ids."""
+    if params.canvas is not None:
+        return torch.tensor(params.canvas[:answer_len], dtype=torch.int64)
+    return torch.full((answer_len,), mask_id, dtype=torch.int64)
+
+
+def admission_canvas(
+    params: DiffusionParams, answer_len: int, mask_id: int, committed: int
+) -> list[int]:
+    """The canvas of a request's first forward after its (re)admission, with
+    ``committed`` answer tokens already emitted: exactly what
+    :meth:`RequestState.drafts` returns after the block restarts. The
+    scheduler forwards it with the prompt, so that forward is a step."""
+    initial = initial_canvas(params, answer_len, mask_id)
+    layout = BlockLayout(initial.numel(), params.block_length, params.steps)
+    if committed >= layout.answer_len:
+        return []
+    end = layout.answer_len
+    if params.mode == "block":
+        end = layout.bounds(committed // layout.effective_block_length)[1]
+    return initial[committed:end].tolist()
+
+
+def uncond_view(
+    tokens: Sequence[int], start: int, params: DiffusionParams, mask_id: int
+) -> list[int]:
+    """What a request's unconditional CFG branch shows for ``tokens`` (answer
+    positions ``start, ...``): the mask id on the first
+    ``uncond_masked_slots`` slots, the request's tokens elsewhere."""
+    masked = min(len(tokens), params.uncond_masked_slots - start)
+    if masked <= 0:
+        return list(tokens)
+    return [mask_id] * masked + list(tokens[masked:])
 
 
 @dataclass
@@ -127,7 +174,18 @@ class RequestState:
         """Whether this step's forward gives the open holes candidate logits."""
         if self.params.mode == "exact":
             return True
-        return self.params.mode == "prefix" and (self.step == 0 or self.holes_pending())
+        return self.params.mode in ("prefix", "dual") and (
+            self.step == 0 or self.holes_pending()
+        )
+
+    def forwards_block_only(self) -> bool:
+        """Whether the coming step forwards the current block alone: every
+        step in ``block`` mode, and ``dual``'s steps after the block's first
+        (full) one, unless open holes need a full forward."""
+        mode = self.params.mode
+        if mode == "dual":
+            return self.step > 0 and not self.holes_pending()
+        return mode == "block"
 
     @property
     def uses_maskgit(self) -> bool:
@@ -178,11 +236,11 @@ class RequestState:
         self._start_block()
 
     def drafts(self) -> list[int]:
-        """The canvas to forward next: current block (``block`` mode) or all
-        uncommitted answer positions (``prefix`` and ``exact`` modes)."""
+        """The canvas to forward next: the current block
+        (:meth:`forwards_block_only`) or every uncommitted answer position."""
         if self.finished:
             return []
-        end = self.block_bounds[1] if self.params.mode == "block" else self.answer_len
+        end = self.block_bounds[1] if self.forwards_block_only() else self.answer_len
         return self.answer[self.committed : end].tolist()
 
     def take_finished_blocks(self) -> list[int]:

@@ -12,6 +12,16 @@ KV of every canvas position not emitted (see ``scheduler.py``).
 Only the current block of each request gets logits (the canvas may span the
 whole answer), so the LM head and the scoring never see the masked suffix.
 
+A (re)admitted request's block restarts before its first forward, which the
+scheduler fills with its prompt and first canvas: that forward is a step.
+
+``dual`` mode: a block's later steps forward only the block, at its true
+positions, whose KV slots come right after the committed tokens; the masked
+suffix's KV, written by the block's first (full) forward, sits in the slots
+after them. Attention is non-causal, so letting those steps' queries see the
+request's keys up to the end of its answer region (a longer ``seq_len``) is
+all Fast-dLLM's dual cache needs.
+
 Infilling: the prompt's mask ids ("holes") are denoised in place. The runner
 writes their current values into the input batch's prompt tokens before each
 forward (the scheduler's copy of the prompt never changes), asks for their
@@ -112,6 +122,11 @@ class DiffusionRunnerMixin:
         # Unconditional CFG branches mirror their request: add requests first.
         for req_id in sorted(new, key=lambda r: self._branch_of(r) is not None):
             self._add_request(req_id)
+        resumed = scheduler_output.scheduled_cached_reqs.resumed_req_ids
+        for req_id in [*new, *resumed]:
+            if req_id in self.denoiser.states:
+                # (Re)admitted: its block (re)starts; all-fixed blocks emit now.
+                self._prefill_emissions[req_id] = self.denoiser.restart(req_id)
         self._patch_prompts()
         return result
 
@@ -179,7 +194,8 @@ class DiffusionRunnerMixin:
                     whole_prompts.append(
                         (req_id, int(ends[i] - num_scheduled_tokens[i]))
                     )
-            elif drafts:
+            elif drafts and not self._prefill_emissions.get(req_id):
+                # (A restart that emitted blocks moved the canvas: no step.)
                 first = int(ends[i]) - int(num_scheduled_tokens[i])
                 spans.append(
                     DraftSpan(
@@ -189,9 +205,8 @@ class DiffusionRunnerMixin:
                         prompt_row=first if computed[i] == 0 else -1,
                     )
                 )
-            elif req_id in self.denoiser.states:
-                # A prefill, first or after a preemption: (re)start the block.
-                self._prefill_emissions[req_id] = self.denoiser.restart(req_id)
+                if computed[i]:
+                    self._attend_to_suffix(i, req_id, int(computed[i]) + len(drafts))
         self._apply_position_gaps(ends, num_scheduled_tokens)
         self._step_plan = self.denoiser.plan(spans)
         self._likelihood_plan = self.likelihood.plan(whole_prompts)
@@ -238,6 +253,18 @@ class DiffusionRunnerMixin:
         work["columns"] += (num_rows - windowed) * self._vocab_columns
         if applied:
             work["columns"] += sum(i.numel() * (hi - lo) for i, lo, hi in row_windows)
+
+    def _attend_to_suffix(self, row: int, req_id: str, seq_len: int) -> None:
+        """A ``dual`` step forwarding only its block also attends to the
+        masked suffix's cached KV: the keys up to its answer region's end."""
+        state = self.denoiser.states.get(req_id)
+        if state is None or state.params.mode != "dual":
+            return
+        region = len(self.requests[req_id].prompt_token_ids or ()) + state.answer_len
+        extra = region - seq_len
+        if extra > 0:
+            self.seq_lens[row] += extra
+            self.optimistic_seq_lens_cpu[row] += extra
 
     def _apply_position_gaps(
         self, ends: np.ndarray, num_scheduled_tokens: np.ndarray

@@ -4,31 +4,39 @@ vLLM's V1 scheduler already does most of the work: a request's canvas is its
 list of draft tokens, scheduled at the positions after its committed tokens;
 the runner emits nothing while denoising, so the rejection accounting rolls
 ``num_computed_tokens`` back over the canvas, and emits a whole block when one
-is committed, which the accounting keeps. This subclass adds five things.
+is committed, which the accounting keeps. This subclass adds the rest.
 
-1. **Cache semantics per mode.** After each step it moves
+1. **Every forward is a denoising step.** A request's first forward (and
+   its first after a preemption) carries its prompt *and* its first canvas
+   (``state.admission_canvas``): the KV manager reserves the canvas's slots
+   when it admits the request, and the canvas joins the step when it fits
+   the token budget whole (otherwise that forward is a prompt-only prefill
+   and the canvas follows in the next step).
+2. **Cache semantics per mode.** After each step it moves
    ``num_computed_tokens`` so the next forward covers what the mode needs:
    ``exact`` back to 0 every step (the whole sequence is recomputed);
-   ``prefix`` back to 0 after a prefill or a committed block (a refresh
-   forward over prompt, committed blocks and the masked suffix), otherwise
-   the prefix cache stays; ``block`` back over a just-committed block, whose
-   final KV is then written together with the next block's first canvas.
-2. **Whole canvases only.** A request is scheduled only if all its tokens fit
+   ``prefix`` and ``dual`` back to 0 after a committed block (the next
+   block's first step is a full forward that refreshes prompt, committed
+   blocks and the masked suffix), otherwise the cache stays; ``block`` back
+   over a just-committed block, whose final KV is then written together
+   with the next block's first canvas. (``dual``'s later steps forward only
+   the block: the runner lets them attend to the cached suffix too.)
+3. **Whole canvases only.** A request is scheduled only if all its tokens fit
    this step's budget (a partial canvas would change attention).
-3. **Classifier-free guidance pairs** (``cfg.py``): the hidden unconditional
+4. **Classifier-free guidance pairs** (``cfg.py``): the hidden unconditional
    branch is added, scheduled and finished with its request, and its outputs
    never reach the client; a branch whose logits the runner cached is
    finished early.
-4. **Diffusion statistics** (``stats.py``): denoising steps, committed
+5. **Diffusion statistics** (``stats.py``): denoising steps, committed
    tokens and steps per request, by task and mode, reported in place of
    vLLM's speculative-decoding statistics; running and waiting counts treat a
    CFG pair as one request.
-5. ``num_sampled_tokens_per_step = 0``: a step that emits nothing keeps
+6. ``num_sampled_tokens_per_step = 0``: a step that emits nothing keeps
    nothing, as for vLLM's own diffusion models.
-6. **Infilling** (``infill.py``): the hole values the runner reports are
+7. **Infilling** (``infill.py``): the hole values the runner reports are
    attached to a finishing request's output, for the front end to put back
    into the prompt it reports.
-7. **Previews** (``previews.py``): a previewed step adds a token-less output
+8. **Previews** (``previews.py``): a previewed step adds a token-less output
    carrying the canvas's predictions so far; the final output carries them
    all.
 
@@ -47,6 +55,7 @@ from vllm.logger import init_logger
 from dynin_vllm import vllm_private
 from dynin_vllm.diffusion.params import DiffusionParams
 from dynin_vllm.diffusion.schedule import BlockLayout
+from dynin_vllm.diffusion.state import admission_canvas, uncond_view
 from dynin_vllm.engine import cfg, infill, previews, scheduling
 from dynin_vllm.engine.defaults import answer_length
 from dynin_vllm.engine.stats import DiffusionStatsBuilder
@@ -101,6 +110,9 @@ class DiffusionScheduler(Scheduler):
         # still report as finished in the next step's outputs.
         self._retired_branches: set[str] = set()
         self._stats = DiffusionStatsBuilder()
+        vllm_private.reserve_admission_slots(
+            self, lambda request: len(self._admission_canvas(request))
+        )
 
     # --- admission ---------------------------------------------------------
     def add_request(self, request: Any) -> None:
@@ -196,6 +208,64 @@ class DiffusionScheduler(Scheduler):
         need = blocks(request.num_prompt_tokens + answer)
         need += blocks(uncond_prompt_len + answer)
         return need <= usable
+
+    def _admission_canvas(self, request: Any) -> list[int]:
+        """The canvas a (re)admitted request forwards with its prompt: its
+        first block's canvas from its emitted tokens on (a CFG branch shows
+        its request's as the branch does); empty when it does not denoise."""
+        record = self._records.get(request.request_id)
+        if record is None or record.params.scores_likelihood:
+            return []
+        main = request
+        if record.role is cfg.Role.UNCOND:
+            main = self.requests.get(record.partner or "")
+            if main is None:
+                return []
+        params = record.params
+        answer = len(params.canvas) if params.canvas else self._answer_len(main)
+        committed = request.num_output_tokens
+        canvas = admission_canvas(params, answer, self._mask_id, committed)
+        if record.role is cfg.Role.UNCOND:
+            canvas = uncond_view(canvas, committed, params, self._mask_id)
+        return canvas
+
+    def _update_after_schedule(self, scheduler_output: Any) -> None:
+        """Add their first canvas to the forwards of requests admitted this
+        step whose whole prompt (or resumed sequence) was scheduled, when it
+        fits the token budget; a CFG pair's two canvases join together."""
+        admitted = [r.req_id for r in scheduler_output.scheduled_new_reqs]
+        admitted += scheduler_output.scheduled_cached_reqs.resumed_req_ids
+        scheduled = scheduler_output.num_scheduled_tokens
+        canvases: dict[str, list[int]] = {}
+        for req_id in admitted:
+            request = self.requests.get(req_id)
+            if request is not None and scheduled.get(req_id) == (
+                request.num_tokens - request.num_computed_tokens
+            ):
+                canvases[req_id] = self._admission_canvas(request)
+        room = (
+            self.max_num_scheduled_tokens - scheduler_output.total_num_scheduled_tokens
+        )
+        for req_id in admitted:
+            if not canvases.get(req_id):
+                continue
+            record = self._records[req_id]
+            unit = [req_id]
+            if record.partner is not None:
+                if not canvases.get(record.partner):
+                    continue  # the pair cannot step without both halves
+                unit.append(record.partner)
+            need = sum(len(canvases[r]) for r in unit)
+            if need > room:
+                continue
+            room -= need
+            for r in unit:
+                canvas = canvases.pop(r)
+                scheduled[r] += len(canvas)
+                scheduler_output.scheduled_spec_decode_tokens[r] = canvas
+                self._records[r].silent_steps = 0  # its block restarts
+            scheduler_output.total_num_scheduled_tokens += need
+        super()._update_after_schedule(scheduler_output)
 
     def _partner_of(self) -> dict[str, str]:
         return {r: rec.partner for r, rec in self._records.items() if rec.partner}
@@ -431,10 +501,14 @@ class DiffusionScheduler(Scheduler):
             request.num_computed_tokens = 0
         elif mode == "exact":
             request.num_computed_tokens = 0
-        elif mode == "prefix":
+        elif mode in ("prefix", "dual"):
             if num_emitted or not had_drafts or self._holes_pending(record):
                 request.num_computed_tokens = 0
-        elif mode == "block" and num_emitted and had_drafts:
+        elif mode == "block" and not had_drafts:
+            # A prompt-only prefill (its canvas did not fit that step): the
+            # prompt's KV is written with the first canvas, as a first forward.
+            request.num_computed_tokens = 0
+        elif mode == "block" and num_emitted:
             request.num_computed_tokens -= num_emitted
 
     def _holes_pending(self, record: RequestRecord | None) -> bool:

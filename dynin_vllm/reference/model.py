@@ -7,10 +7,12 @@ back, *then* scaled by its weight; NeoX rotary embedding in fp32; bidirectional
 scaled-dot-product attention; SwiGLU with the activation on ``ff_proj``;
 untied LM head ``transformer.ff_out``.
 
-An optional KV cache (keys after RoPE, per layer) supports the prefix-cache
-and block reference samplers: ``forward(ids, start=s, cache=c)`` treats
-``ids`` as positions ``s, s+1, ...`` attending to the cached positions
-``[0, s)`` plus themselves.
+An optional KV cache (keys after RoPE, per layer) supports the prefix-cache,
+dual-cache and block reference samplers: ``forward(ids, start=s, cache=c)``
+treats ``ids`` as positions ``s, s+1, ...`` attending to the cached positions
+``[0, s)`` plus themselves, and ``suffix=c2`` adds the cached positions after
+them (Fast-dLLM's dual cache, whose keys it caches before RoPE and rotates at
+the same positions on every call: the same keys).
 """
 
 from __future__ import annotations
@@ -80,18 +82,20 @@ class ReferenceLLaDA:
         *,
         start: int = 0,
         cache: KVCache | None = None,
+        suffix: KVCache | None = None,
         return_cache: bool = False,
         key_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache | None]:
         """Logits ``[B, T, V]`` for ``ids [B, T]`` at positions ``start..start+T``.
 
         With ``cache`` (length ``start``), attention also covers the cached
-        positions. With ``return_cache`` the result carries the KV of all
-        ``start + T`` positions. ``key_mask`` (``[B, T]``, true = visible) hides
+        positions, and with ``suffix`` the cached positions after ``start + T``.
+        With ``return_cache`` the result carries the KV of all ``start + T``
+        positions (``suffix`` aside). ``key_mask`` (``[B, T]``, true = visible) hides
         keys, as upstream's padding ``attention_bias`` does; the rows of hidden
         positions are computed but meaningless.
         """
-        if key_mask is not None and cache is not None:
+        if key_mask is not None and (cache is not None or suffix is not None):
             raise ValueError("key_mask is only supported without a cache")
         bsz, length = ids.shape
         positions = torch.arange(start, start + length)
@@ -114,6 +118,9 @@ class ReferenceLLaDA:
                 v = torch.cat([cache[i][1], v], dim=2)
             if return_cache:
                 new_cache.append((k, v))
+            if suffix is not None:
+                k = torch.cat([k, suffix[i][0]], dim=2)
+                v = torch.cat([v, suffix[i][1]], dim=2)
             rep = self.n_heads // self.n_kv_heads
             att = F.scaled_dot_product_attention(
                 q,
@@ -145,3 +152,8 @@ class ReferenceLLaDA:
 def truncate(cache: KVCache, length: int) -> KVCache:
     """Keep the first ``length`` positions of a KV cache."""
     return [(k[:, :, :length], v[:, :, :length]) for k, v in cache]
+
+
+def tail(cache: KVCache, start: int) -> KVCache:
+    """Keep the positions of a KV cache from ``start`` on."""
+    return [(k[:, :, start:], v[:, :, start:]) for k, v in cache]

@@ -11,10 +11,17 @@ engine. Three cache semantics:
   whose logits drive the block's first step and whose KV of the prompt and the
   committed blocks is kept; later steps forward the current block plus the
   masked suffix against that cache;
-- ``block``: the prompt's KV is computed alone; each committed block's KV is
-  computed once, in the forward that also carries the next block's first
-  canvas (so it sees itself, everything before it and that canvas), and never
-  refreshed; steps forward only the current block.
+- ``dual``: Fast-dLLM's dual cache (``generate_with_dual_cache``): at each
+  block start one full forward whose logits drive the block's first step and
+  whose KV of every position (prompt, committed blocks *and* the masked
+  suffix) is kept; later steps forward only the current block, attending to
+  the cached prefix, themselves and the cached suffix. Upstream runs one more
+  forward when the first step already filled the block; it commits nothing
+  and is skipped here;
+- ``block``: the prompt's KV and each committed block's KV are computed once,
+  in the forward that also carries the next block's first canvas (so each
+  sees itself, everything before it and that canvas), and never refreshed;
+  steps forward only the current block.
 
 Randomness (Gumbel noise for temperature > 0, random remasking) comes from the
 counter-based stream of :mod:`dynin_vllm.kernels.noise`, indexed by
@@ -30,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dynin_vllm.kernels import noise
-from dynin_vllm.reference.model import ReferenceLLaDA, truncate
+from dynin_vllm.reference.model import ReferenceLLaDA, tail, truncate
 
 MASK_ID = 126336
 
@@ -183,10 +190,10 @@ def generate(
             holes_pending = in_schedule and bool(open_now)
             if mask_id not in answer[bs:be] and not holes_pending:
                 break
-            # A full forward: every step in exact, a block's first in prefix,
-            # and (fixed steps) every step while holes are open.
+            # A full forward: every step in exact, a block's first in prefix
+            # and dual, and (fixed steps) every step while holes are open.
             full_step = mode == "exact" or (
-                mode == "prefix" and (i == 0 or holes_pending)
+                mode in ("prefix", "dual") and (i == 0 or holes_pending)
             )
             open_holes = open_now if full_step else []
             block_logits, hole_logits = [], []
@@ -208,19 +215,29 @@ def generate(
                             seq[:, start:], start=start, cache=caches[n]
                         )
                         rows = out[0, : be - bs]
-                elif mode == "block":
-                    if caches[n] is None:  # the prompt's KV, computed alone
-                        _, caches[n] = model.forward(
-                            seq[:, : len(head)], return_cache=True
+                elif mode == "dual":
+                    end = start + be - bs
+                    if full_step:
+                        out, caches[n] = model.forward(seq, return_cache=True)
+                        full = out[0]
+                        rows = full[start:end]
+                    else:
+                        out, _ = model.forward(
+                            seq[:, start:end],
+                            start=start,
+                            cache=truncate(caches[n], start),
+                            suffix=tail(caches[n], end),
                         )
-                    cached = caches[n][0][0].shape[2]
+                        rows = out[0]
+                elif mode == "block":
+                    cached = 0 if caches[n] is None else caches[n][0][0].shape[2]
                     if i == 0 and cached < start:
                         # Committed blocks not cached yet enter the cache now,
                         # together with this block's first canvas.
                         out, cache = model.forward(
                             seq[:, cached : start + be - bs],
                             start=cached,
-                            cache=caches[n],
+                            cache=caches[n] if cached else None,
                             return_cache=True,
                         )
                         caches[n] = truncate(cache, start)
