@@ -8,7 +8,7 @@ of the same invocation):
 
 - **dynin-vllm** in vLLM's engine: 1, 2 and 4 tokens per step (fixed
   schedules, independent of the weights) and Fast-dLLM's confidence threshold
-  0.9, in the ``exact``, ``prefix`` and ``block`` modes;
+  0.9, in the ``exact``, ``prefix``, ``dual`` and ``block`` modes;
 - **AR baseline**: stock vLLM serving a ``LlamaForCausalLM`` with the same layer
   shapes and vocabulary, generating the same number of tokens;
 - **HF-reference style**: full-sequence recompute every step at batch 1 with
@@ -61,7 +61,7 @@ SIZES = {
 PROMPT_LEN = 64
 ANSWER_LEN = 64
 BLOCK_LENGTH = 16
-MODES = ("exact", "prefix", "block")
+MODES = ("exact", "prefix", "dual", "block")
 SETTINGS = {
     "1 tok/step": {"steps": ANSWER_LEN},
     "2 tok/step": {"steps": ANSWER_LEN // 2},
@@ -78,14 +78,17 @@ def count_parameters(sizes: dict, vocab: int) -> dict:
 
 
 def build_checkpoints(
-    cache: Path, sizes: dict = SIZES, tag: str = "bench"
+    cache: Path, sizes: dict = SIZES, tag: str = "bench", vocab: int | None = None
 ) -> tuple[Path, Path]:
-    """The Dynin checkpoint (project tool) and a Llama one with the same shapes."""
+    """The Dynin checkpoint (project tool) and a Llama one with the same shapes
+    (``vocab``: a small vocabulary instead of the real one; a LLaDA checkpoint
+    then, as Dynin-Omni's media offsets need the real one)."""
     from dynin_vllm.testing.make_checkpoint import make_checkpoint
 
     dynin = cache / f"dynin-{tag}"
     if not (dynin / "model.safetensors.index.json").exists():
-        make_checkpoint(dynin, "dynin", seed=0, **sizes)
+        preset = "dynin" if vocab is None else "llada"
+        make_checkpoint(dynin, preset, seed=0, vocab_size=vocab, **sizes)
     llama = cache / f"llama-{tag}"
     if not (llama / "config.json").exists():
         import torch
@@ -99,13 +102,13 @@ def build_checkpoints(
             num_hidden_layers=sizes["n_layers"],
             num_attention_heads=sizes["n_heads"],
             num_key_value_heads=sizes["n_kv_heads"],
-            vocab_size=138752,
+            vocab_size=vocab or 138752,
             max_position_embeddings=sizes["max_sequence_length"],
             rope_theta=500000.0,
             rms_norm_eps=1e-5,
             tie_word_embeddings=False,
-            bos_token_id=126080,
-            eos_token_id=126081,
+            bos_token_id=126080 if vocab is None else vocab - 3,
+            eos_token_id=126081 if vocab is None else vocab - 2,
         )
         torch.manual_seed(0)
         LlamaForCausalLM(config).save_pretrained(llama, safe_serialization=True)
@@ -178,16 +181,17 @@ def run_batch(llm, batch: int, params, block: int | None) -> dict:
 def forwards_per_token(result: dict, mode: str | None) -> float | None:
     """Engine forwards per output token of one request.
 
-    Denoising steps plus the prompt prefill, in every mode: ``prefix``'s
-    block-start refresh is the block's first denoising step, not an extra
-    forward (``tests/test_engine_forwards.py`` counts the engine iterations).
-    For AR, one forward per token plus the prefill.
+    A request's forwards are its denoising steps, in every mode: its first
+    forward carries the prompt and the first canvas, and the block-start
+    refresh of ``prefix`` and ``dual`` is the block's first step
+    (``tests/test_engine_forwards.py`` counts the engine iterations of a lone
+    request). For AR, one forward per token plus the prefill.
     """
     tokens = result["output_tokens"] / result["batch"]
     if mode is None:
         return (tokens + 1) / tokens
     steps = result["denoising_steps_per_request"] or 0
-    return (steps + 1) / tokens
+    return steps / tokens
 
 
 def bench_dynin(path: Path, batches, quick: bool) -> list[dict]:

@@ -88,8 +88,14 @@ TINY_SIZES: dict[str, int] = {
 }
 
 
-def build_config(preset: str, **sizes: int) -> dict[str, Any]:
-    """The full ``config.json`` dict for ``preset`` with tiny (or given) sizes."""
+def build_config(
+    preset: str, *, vocab_size: int | None = None, **sizes: int
+) -> dict[str, Any]:
+    """The full ``config.json`` dict for ``preset`` with tiny (or given) sizes.
+
+    ``vocab_size`` replaces the real vocabulary (benchmarks only, to make the
+    LM head negligible): the mask, EOS and BOS ids move to its top three ids.
+    """
     spec = PRESETS[preset]
     cfg: dict[str, Any] = dict(LLADA_8B_FIELDS)
     cfg.update(spec.extra_fields)
@@ -109,6 +115,16 @@ def build_config(preset: str, **sizes: int) -> dict[str, Any]:
             "transformers_version": "4.46.3",
         }
     )
+    if vocab_size is not None:
+        cfg.update(
+            vocab_size=vocab_size,
+            embedding_size=vocab_size,
+            new_vocab_size=vocab_size,
+            mask_token_id=vocab_size - 1,
+            eos_token_id=vocab_size - 2,
+            pad_token_id=vocab_size - 2,
+            bos_token_id=vocab_size - 3,
+        )
     cfg["mlp_ratio"] = max(1, cfg["mlp_hidden_size"] // cfg["d_model"])
     return cfg
 
@@ -182,14 +198,16 @@ def make_checkpoint(
     seed: int = 0,
     num_shards: int = 2,
     generation_overrides: dict[str, Any] | None = None,
+    vocab_size: int | None = None,
     **sizes: int,
 ) -> Path:
-    """Write a tiny checkpoint for ``preset`` into ``out_dir`` and return it."""
+    """Write a tiny checkpoint for ``preset`` into ``out_dir`` and return it
+    (``vocab_size``: see :func:`build_config`)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = build_config(preset, **sizes)
+    cfg = build_config(preset, vocab_size=vocab_size, **sizes)
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     config = LLaDAConfig(**{k: v for k, v in cfg.items() if k != "model_type"})
     write_shards(init_weights(config, seed), out, num_shards)
