@@ -156,3 +156,47 @@ def test_fingerprint_tracks_every_request_s_progress():
     b.states["r"].answer[1] = 9
     b.states["r"].step = 1
     assert a.fingerprint() != b.fingerprint()
+
+
+def test_dual_mode_forwards_the_block_alone_after_its_first_step():
+    den = Denoiser(MASK, VOCAB)
+    den.add_request(
+        "d",
+        parse_params({"block_length": 2, "mode": "dual"}, seed=0),
+        answer_len=6,
+        temperature=0,
+    )
+    assert den.drafts("d") == [MASK] * 6  # the block's first step: a refresh
+    den.step(den.plan([DraftSpan("d", 0, 6)]), _logits(2, [7, 8], [1.0, 5.0]))
+    assert den.drafts("d") == [MASK, 8]  # later steps: the block alone
+    out = den.step(den.plan([DraftSpan("d", 0, 2)]), _logits(1, [9], [3.0]))
+    assert out == {"d": [9, 8]}
+    assert den.drafts("d") == [MASK] * 4  # the next block starts with a refresh
+
+
+def test_the_slot_table_keeps_every_request_s_canvas_as_it_grows():
+    """Requests step on rows of one persistent canvas tensor; growing it (more
+    slots, longer answers) keeps every request's tokens and its view."""
+    from dynin_vllm.diffusion.slots import SlotTable
+
+    den = Denoiser(MASK, VOCAB)
+    den.slots = SlotTable(capacity=1, width=2)
+    params = parse_params({"block_length": 2}, seed=0)
+    for i, length in enumerate((2, 5, 3)):
+        den.add_request(f"r{i}", params, answer_len=length, temperature=0)
+    assert den.slots.capacity >= 3 and den.slots.width >= 5
+    states = [den.states[f"r{i}"] for i in range(3)]
+    assert len({s.slot for s in states}) == 3
+    spans = [DraftSpan(f"r{i}", 10 * i, s.answer_len) for i, s in enumerate(states)]
+    plan = den.plan(spans)
+    den.step(plan, _logits(plan.logits_rows.numel(), [4] * 6, [2.0] * 6))
+    for s in states:
+        assert s.answer.data_ptr() == den.slots.answers[s.slot].data_ptr()
+        assert den.slots.answers[s.slot, : s.answer_len].tolist() == s.answer.tolist()
+    freed = states[1].slot
+    den.remove_request("r1")
+    assert states[1].slot == -1 and states[1].answer_len == 5  # kept its tokens
+    den.add_request("r3", params, answer_len=4, temperature=0)
+    assert den.states["r3"].slot == freed  # the freed slot is reused
+    assert den.drafts("r0") == [4, MASK]  # one token per step; kept
+    assert den.drafts("r2") == [MASK]  # its first block took one step

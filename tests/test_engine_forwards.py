@@ -30,7 +30,7 @@ def inprocess_llm(dynin_checkpoint):
 
 @pytest.mark.parametrize(
     ("mode", "tokens_per_step"),
-    list(itertools.product(("exact", "prefix", "dual", "block"), (1, 2, 4))),
+    list(itertools.product(("exact", "prefix", "dual", "block"), (1, 2, 4, BLOCK))),
 )
 def test_forwards_are_the_schedule(inprocess_llm, mode, tokens_per_step):
     from vllm import SamplingParams

@@ -6,7 +6,10 @@ computes logits for the rows the plan asks for (only the current block of each
 request, never the whole canvas), then hands them to :meth:`Denoiser.step`,
 which scores every row, selects and commits positions for every request at
 once, and returns the tokens each request emits (whole committed blocks).
-All per-step math is batched tensor code; only bookkeeping is per request.
+All per-step math is batched tensor code over the slot table
+(:mod:`dynin_vllm.diffusion.slots`): every request's canvas and parameters
+are gathered with one index, its new tokens written back with one; what stays
+per request is plain Python bookkeeping (step counters, block emission).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from dynin_vllm import kernels
 from dynin_vllm.diffusion.params import DiffusionParams
 from dynin_vllm.diffusion.schedule import BlockLayout
+from dynin_vllm.diffusion.slots import SlotTable
 from dynin_vllm.diffusion.state import RequestState, initial_canvas, uncond_view
 
 #: Temperatures below this are greedy, as in vLLM.
@@ -65,6 +69,12 @@ class StepPlan:
     uncond_cache_fills: tuple[tuple[int, int, int], ...] = ()
     # Per logits row (cond, uncond, cache rows): index into ``states``.
     logits_row_slot: torch.Tensor | None = None
+    # Per state: its slot in the slot table, its current block's answer
+    # start and size, and its number of hole candidates.
+    state_slots: torch.Tensor | None = None
+    block_start: torch.Tensor | None = None
+    block_size: torch.Tensor | None = None
+    num_holes: torch.Tensor | None = None
 
 
 def new_seed() -> int:
@@ -82,6 +92,7 @@ class Denoiser:
         self.vocab_size = vocab_size
         self.device = torch.device(device)
         self.states: dict[str, RequestState] = {}
+        self.slots = SlotTable()
         self._with_holes: set[str] = set()  # requests (and branches) that infill
         self._previews: dict[str, list[int]] = {}  # see take_previews
         self._cached_uncond: list[str] = []  # see take_cached_uncond
@@ -118,6 +129,7 @@ class Denoiser:
             prompt_len=len(prompt),
         )
         self.states[req_id] = state
+        self.slots.add(state)
         if holes.numel():
             self._with_holes.add(req_id)
         return state
@@ -155,7 +167,9 @@ class Denoiser:
         return branch
 
     def remove_request(self, req_id: str) -> None:
-        self.states.pop(req_id, None)
+        state = self.states.pop(req_id, None)
+        if state is not None:
+            self.slots.remove(state)
         self._with_holes.discard(req_id)
 
     def restart(self, req_id: str) -> list[int]:
@@ -217,8 +231,10 @@ class Denoiser:
         states: list[RequestState] = []
         uncond_ids: list[str | None] = []
         hole_indices: list[torch.Tensor] = []
-        cond_rows, uncond_rows, columns, positions = [], [], [], []
-        counts: list[int] = []
+        first_rows: list[int] = []
+        # Per state: its partner's first row, or _FROM_CACHE, or -1 (no CFG).
+        uncond_first: list[int] = []
+        hole_parts: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         fills: list[tuple[int, int, int]] = []  # (state index, first row, count)
         for span in spans:
             state = self.states.get(span.req_id)
@@ -238,11 +254,6 @@ class Denoiser:
             holes = empty
             if state.holes.numel() and span.prompt_row >= 0 and state.holes_visible():
                 holes = state.open_holes()
-            offsets = state.masked_offsets()
-            hole_pos = state.holes[holes]
-            cond_rows += [span.prompt_row + hole_pos, span.first_row + offsets]
-            columns += [torch.arange(holes.numel()), holes.numel() + offsets]
-            positions += [hole_pos - state.prompt_len, state.committed + offsets]
             remaining = state.answer_len - state.committed
             fill = (
                 not cached
@@ -253,37 +264,56 @@ class Denoiser:
             if fill:
                 fills.append((len(states), partner.first_row, remaining))
             if cached or fill:  # a cache filled this step serves it too
-                uncond_rows.append(torch.full((offsets.numel(),), _FROM_CACHE))
-            elif partner is None:
-                uncond_rows.append(torch.full((holes.numel() + offsets.numel(),), -1))
+                uncond_first.append(_FROM_CACHE)
             else:
-                branch = self.states.get(partner.req_id)
-                guided = (
+                uncond_first.append(-1 if partner is None else partner.first_row)
+            if holes.numel():
+                hole_pos = state.holes[holes]
+                uncond = torch.full_like(hole_pos, -1)
+                branch = self.states.get(partner.req_id) if partner else None
+                if (
                     branch is not None
-                    and branch.holes.numel() > 0
+                    and branch.holes.numel()
                     and partner.prompt_row >= 0
-                )
-                uncond_rows += [
-                    partner.prompt_row + hole_pos
-                    if guided
-                    else torch.full_like(hole_pos, -1),
-                    partner.first_row + offsets,
-                ]
+                ):
+                    uncond = partner.prompt_row + hole_pos
+                hole_parts.append((len(states), span.prompt_row + hole_pos, uncond))
             states.append(state)
             uncond_ids.append(None if cached else state.cfg_partner)
             hole_indices.append(holes)
-            counts.append(holes.numel() + offsets.numel())
+            first_rows.append(span.first_row)
 
-        def cat(parts: list[torch.Tensor]) -> torch.Tensor:
-            return torch.cat(parts).to(torch.int64) if parts else empty
+        def ints(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int64)
 
-        row_slot = torch.repeat_interleave(
-            torch.arange(len(states)), torch.tensor(counts, dtype=torch.int64)
-        )
-        rows = cat(cond_rows)
+        state_slots = ints([st.slot for st in states])
+        block_start = ints([st.committed for st in states])
+        block_size = ints([st.block_size for st in states])
+        num_holes = ints([h.numel() for h in hole_indices])
+        # The still-masked positions of every current block, in one gather.
+        width = int(block_size.max()) if states else 0
+        offset = torch.arange(width)
+        index = (block_start[:, None] + offset).clamp(max=self.slots.width - 1)
+        blocks = self.slots.answers[state_slots[:, None], index]
+        masked = (blocks == self.mask_id) & (offset < block_size[:, None])
+        row_slot, offsets = masked.nonzero(as_tuple=True)
+        rows = ints(first_rows)[row_slot] + offsets
+        columns = num_holes[row_slot] + offsets
+        positions = block_start[row_slot] + offsets
+        partner_first = ints(uncond_first)[row_slot]
+        uncond = torch.where(partner_first >= 0, partner_first + offsets, partner_first)
+        for i, hole_rows, hole_uncond in hole_parts:
+            n = hole_rows.numel()
+            state = states[i]
+            row_slot = torch.cat([row_slot, torch.full((n,), i, dtype=torch.int64)])
+            rows = torch.cat([rows, hole_rows])
+            columns = torch.cat([columns, torch.arange(n)])
+            positions = torch.cat(
+                [positions, state.holes[hole_indices[i]] - state.prompt_len]
+            )
+            uncond = torch.cat([uncond, hole_uncond])
         num_cond = rows.numel()
         uncond_row_index = None
-        uncond = cat(uncond_rows)
         has_cfg = uncond >= 0
         from_cache = uncond == _FROM_CACHE
         if bool(has_cfg.any()) or bool(from_cache.any()):
@@ -305,13 +335,17 @@ class Denoiser:
             states=states,
             uncond_ids=uncond_ids,
             row_slot=row_slot,
-            row_column=cat(columns),
-            row_position=cat(positions),
+            row_column=columns,
+            row_position=positions,
             uncond_row_index=uncond_row_index,
             hole_indices=hole_indices,
             uncond_from_cache=from_cache if bool(from_cache.any()) else None,
             uncond_cache_fills=tuple(cache_fills),
             logits_row_slot=logits_row_slot,
+            state_slots=state_slots,
+            block_start=block_start,
+            block_size=block_size,
+            num_holes=num_holes,
         )
 
     def step(
@@ -328,30 +362,25 @@ class Denoiser:
             return {}
         device = logits.device
         states = plan.states
+        table = self.slots
+        slots = plan.state_slots
         slot = plan.row_slot.to(device)
         column = plan.row_column.to(device)
 
-        def per_row(values: list[Any], dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype, device=device)[slot]
+        def per_row(values: torch.Tensor) -> torch.Tensor:
+            return values[slots].to(device)[slot]
 
-        # MaskGIT draws its candidates at temperature 1 (its temperature
-        # scales the re-masking noise); 0 is greedy.
-        temperature = per_row(
-            [
-                (1.0 if s.temperature > 0 else 0.0) if s.uses_maskgit else s.temperature
-                for s in states
-            ],
-            torch.float32,
-        )
-        seed = per_row([s.seed for s in states], torch.int64)
-        step = per_row([s.noise_step for s in states], torch.int64)
+        temperature = per_row(table.temperature)
+        seed = per_row(table.seed)
+        noise_step = torch.tensor([s.noise_step for s in states], dtype=torch.int64)
+        step = noise_step.to(device)[slot]
         position = plan.row_position.to(device)
         cond = logits[: plan.num_cond_rows]
         uncond = cfg = None
         self._fill_uncond_caches(plan, logits, column_offset)
         if plan.uncond_row_index is not None:
             uncond = logits[plan.uncond_row_index.to(device)]
-            cfg = per_row([s.params.cfg_scale for s in states], torch.float32)
+            cfg = per_row(table.cfg_scale)
             if plan.uncond_from_cache is not None:
                 _restore_uncond(plan, uncond, column_offset)
         allowed = _allowed_rows(
@@ -370,41 +399,38 @@ class Denoiser:
             allowed,
             column_offset,
         )
-        if any(s.params.remasking == "random" for s in states):
-            is_random = per_row(
-                [s.params.remasking == "random" for s in states], torch.bool
-            )
+        random_remasking = table.random_remasking[slots]
+        if bool(random_remasking.any()):
             random_conf = kernels.random_confidence(seed, step, position)
+            is_random = random_remasking.to(device)[slot]
             conf = torch.where(is_random, random_conf.to(conf.dtype), conf)
 
-        num_holes = [h.numel() for h in plan.hole_indices]
-        width = max(n + s.block_size for n, s in zip(num_holes, states, strict=True))
-        flat = slot * width + column
+        # Each state's candidate row: its open holes, then its current block.
+        num_holes, size = plan.num_holes, plan.block_size
+        width = int((num_holes + size).max())
+        offset = torch.arange(width)[None, :] - num_holes[:, None]
+        in_block = (offset >= 0) & (offset < size[:, None])
+        index = (plan.block_start[:, None] + offset).clamp(0, table.width - 1)
+        current = table.answers[slots[:, None], index]
+        current = torch.where(in_block, current, -1)
+        current[offset < 0] = self.mask_id  # open holes
         shape = (len(states), width)
+        flat = slot * width + column
         candidates = torch.full(shape, self.mask_id, dtype=torch.int64, device=device)
         candidates.view(-1)[flat] = ids
         confidence = torch.full(shape, float("-inf"), dtype=conf.dtype, device=device)
         confidence.view(-1)[flat] = conf
-        current = torch.full(shape, -1, dtype=torch.int64)
-        for i, (n, s) in enumerate(zip(num_holes, states, strict=True)):
-            start, end = s.block_bounds
-            current[i, :n] = self.mask_id  # open holes
-            current[i, n : n + end - start] = s.answer[start:end]
         canvas = current.to(device)
         editable = canvas == self.mask_id
         num_transfer = torch.tensor(
             [s.num_transfer() for s in states], dtype=torch.int64, device=device
         )
-        threshold = torch.tensor(
-            [s.params.threshold or 0.0 for s in states],
-            dtype=torch.float64,
-            device=device,
+        self._record_previews(
+            states, plan.num_holes.tolist(), canvas, candidates, editable
         )
-        factor = torch.tensor(
-            [s.params.factor or 0.0 for s in states], dtype=torch.float64, device=device
-        )
-        self._record_previews(states, num_holes, canvas, candidates, editable)
-        maskgit = torch.tensor([s.uses_maskgit for s in states], device=device)
+        maskgit = table.maskgit[slots].to(device)
+        threshold = table.threshold[slots].to(device)
+        factor = table.factor[slots].to(device)
         if not bool(maskgit.any()):
             kernels.commit(
                 canvas,
@@ -440,13 +466,19 @@ class Denoiser:
             )
 
         new_blocks = canvas.cpu()  # the step's one device-to-host copy
+        # Write every block back with one index; count the masks left.
+        state_index = torch.arange(len(states))[:, None].expand(shape)
+        table.answers[slots[state_index[in_block]], index[in_block]] = new_blocks[
+            in_block
+        ]
+        masks_left = ((new_blocks == self.mask_id) & in_block).sum(dim=1).tolist()
         emitted: dict[str, list[int]] = {}
         for i, (state, uncond_id, holes) in enumerate(
             zip(states, plan.uncond_ids, plan.hole_indices, strict=True)
         ):
             n = holes.numel()
             filled = (holes, new_blocks[i, :n]) if n else None
-            tokens = state.apply_block(new_blocks[i, n:], filled)
+            tokens = state.advance(masks_left[i], filled)
             emitted[state.req_id] = tokens
             if uncond_id is not None:
                 emitted[uncond_id] = uncond_view(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -30,21 +31,21 @@ class BlockLayout:
     block_length: int
     steps: int | None = None
 
-    @property
+    @functools.cached_property
     def effective_block_length(self) -> int:
         return max(1, min(self.block_length, self.answer_len))
 
-    @property
+    @functools.cached_property
     def num_blocks(self) -> int:
         return math.ceil(self.answer_len / self.effective_block_length)
 
-    @property
+    @functools.cached_property
     def steps_per_block(self) -> int:
         """``max(1, steps // num_blocks)``; one token per step by default."""
         steps = self.answer_len if self.steps is None else self.steps
         return max(1, steps // self.num_blocks)
 
-    @property
+    @functools.cached_property
     def step_stride(self) -> int:
         """Bound on the steps of one block: numbers the noise draws per block."""
         return max(self.steps_per_block, self.effective_block_length)

@@ -116,6 +116,7 @@ class RequestState:
     # allowed ids for answer positions ``uncond_cache_start, ...``.
     uncond_cache: torch.Tensor | None = None
     uncond_cache_start: int = 0
+    slot: int = -1  # its row in the denoiser's slot table, while it has one
     hole_values: torch.Tensor = field(init=False)  # current value of each hole
     _holes_at_block_start: torch.Tensor = field(init=False)
 
@@ -259,17 +260,16 @@ class RequestState:
                 self._start_block()
         return emitted
 
-    def apply_block(
+    def advance(
         self,
-        tokens: torch.Tensor,
+        masks_left: int,
         holes: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> list[int]:
-        """Write the current block's new tokens (and ``(hole indices, values)``
-        of this step's hole candidates), advance; return what to emit."""
+        """Count a step whose new block tokens are already in :attr:`answer`
+        (``masks_left`` of them still the mask id), with ``(hole indices,
+        values)`` of its hole candidates; return what to emit."""
         if holes is not None:
             self.hole_values[holes[0]] = holes[1]
-        start, end = self.block_bounds
-        self.answer[start:end] = tokens[: end - start]
         self.step += 1
         self.num_steps += 1
-        return self.take_finished_blocks()
+        return [] if masks_left else self.take_finished_blocks()

@@ -124,9 +124,11 @@ class DiffusionRunnerMixin:
             self._add_request(req_id)
         resumed = scheduler_output.scheduled_cached_reqs.resumed_req_ids
         for req_id in [*new, *resumed]:
-            if req_id in self.denoiser.states:
+            if req_id in self.denoiser.states and (
                 # (Re)admitted: its block (re)starts; all-fixed blocks emit now.
-                self._prefill_emissions[req_id] = self.denoiser.restart(req_id)
+                emitted := self.denoiser.restart(req_id)
+            ):
+                self._prefill_emissions[req_id] = emitted
         self._patch_prompts()
         return result
 

@@ -26,8 +26,15 @@ from . import noise
 CFG_LLADA = "llada"
 CFG_MASKGIT = "maskgit"
 
-#: Rows scored at once; bounds the ``[rows, vocab]`` float64 temporaries.
-ROW_CHUNK = 16
+#: Logits scored at once (rows x columns): bounds the float64 temporaries to
+#: 16 rows of the real 138,752-id vocabulary, and scores narrow rows (a
+#: restricted LM head, a small vocabulary) in few chunks.
+CHUNK_ELEMENTS = 16 * 138_752
+
+
+def rows_per_chunk(width: int) -> int:
+    """How many ``width``-column rows one scoring chunk holds."""
+    return max(1, CHUNK_ELEMENTS // max(1, width))
 
 
 def guide(
@@ -81,8 +88,9 @@ def score_rows_torch(
     num_rows = logits.shape[0]
     ids = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
     conf = torch.empty(num_rows, dtype=torch.float64, device=logits.device)
-    for start in range(0, num_rows, ROW_CHUNK):
-        rows = slice(start, min(start + ROW_CHUNK, num_rows))
+    chunk_rows = rows_per_chunk(logits.shape[-1])
+    for start in range(0, num_rows, chunk_rows):
+        rows = slice(start, min(start + chunk_rows, num_rows))
         chunk = logits[rows]
         if chunk.dtype not in (torch.float32, torch.float64):
             chunk = chunk.float()  # exact for bf16 / fp16
