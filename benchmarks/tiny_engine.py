@@ -62,9 +62,20 @@ def run(engine, batch: int, params, diffusion: bool) -> dict:
     }
 
 
-def measure(model: Path, runs: dict, diffusion: bool, eager: bool) -> dict:
+def _median_run(engine, batch: int, params, diffusion: bool, repeat: int) -> dict:
+    """The run with the median time per engine step out of ``repeat``."""
+    runs = sorted(
+        (run(engine, batch, params, diffusion) for _ in range(repeat)),
+        key=lambda r: r["seconds_per_engine_step"],
+    )
+    return {**runs[len(runs) // 2], "repeats": repeat}
+
+
+def measure(
+    model: Path, runs: dict, diffusion: bool, eager: bool, repeat: int = 1
+) -> dict:
     """Start an engine on ``model`` and run ``{name: SamplingParams}`` at
-    batch 1 and 16 each."""
+    batch 1 and 16 each (the median of ``repeat`` runs)."""
     from vllm import LLM
 
     t0 = time.perf_counter()
@@ -81,7 +92,8 @@ def measure(model: Path, runs: dict, diffusion: bool, eager: bool) -> dict:
     for name, params in runs.items():
         llm.generate([{"prompt_token_ids": [1] * PROMPT}], params, use_tqdm=False)
         result["runs"][name] = [
-            run(llm.llm_engine, batch, params, diffusion) for batch in (1, 16)
+            _median_run(llm.llm_engine, batch, params, diffusion, repeat)
+            for batch in (1, 16)
         ]
     llm.llm_engine.engine_core.shutdown()
     time.sleep(2)
@@ -98,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--modes", default="prefix", help="comma-separated denoising modes"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="runs per batch; the median is kept"
     )
     args = parser.parse_args(argv)
 
@@ -122,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {
         "compiled": not args.eager,
         "vocab": args.vocab or 138752,
-        "dynin-vllm": measure(dynin, diffusion, True, args.eager),
-        "AR": measure(llama, {"AR": ar}, False, args.eager),
+        "dynin-vllm": measure(dynin, diffusion, True, args.eager, args.repeat),
+        "AR": measure(llama, {"AR": ar}, False, args.eager, args.repeat),
     }
     theirs = results["AR"]["runs"]["AR"]
     results["step_time_ratio"] = {

@@ -207,3 +207,49 @@ def test_aborted_media_requests_release_their_encoder_cache(inprocess_llm):
     assert cache.num_freeable_slots == cache.cache_size
     assert blocks.get_num_free_blocks() == free_blocks
     assert not engine.has_unfinished_requests()
+
+
+def test_a_canvas_that_does_not_fit_its_step_follows_its_prompt(
+    dynin_checkpoint, reference_model
+):
+    """Two 250-token prompts fill a 512-token step, so their canvases cannot
+    join it: those forwards are prompt-only prefills and the canvases follow.
+    Every mode still matches its reference (``block`` writes the prompt's KV
+    again, with the first canvas)."""
+    from vllm import SamplingParams
+
+    from dynin_vllm.reference.sampler import generate
+
+    modes = ("exact", "prefix", "dual", "block")
+    prompts = [[126080, *range(1000 + 7 * i, 1249 + 7 * i)] for i in range(4)]
+    config = {"block_length": BLOCK, "steps": 4}
+    with temporary_env(VLLM_ENABLE_V1_MULTIPROCESSING="0"):
+        llm = make_llm(dynin_checkpoint, max_num_batched_tokens=512)
+    try:
+        engine = llm.llm_engine
+        for mode, prompt in zip(modes, prompts, strict=True):
+            engine.add_request(
+                mode,
+                {"prompt_token_ids": prompt},
+                SamplingParams(
+                    max_tokens=2 * BLOCK,
+                    temperature=0,
+                    ignore_eos=True,
+                    extra_args={"mode": mode, **config},
+                ),
+            )
+        iterations, answers = 0, {}
+        while engine.has_unfinished_requests():
+            iterations += 1
+            for out in engine.step():
+                if out.finished:
+                    answers[out.request_id] = list(out.outputs[0].token_ids)
+    finally:
+        shutdown(llm)
+    # 4 steps each, 2 requests per step at most, plus the prompt-only prefills.
+    assert iterations > 2 * 4
+    for mode, prompt in zip(modes, prompts, strict=True):
+        want = generate(
+            reference_model, prompt, gen_length=2 * BLOCK, mode=mode, **config
+        )
+        assert answers[mode] == want.answer, mode

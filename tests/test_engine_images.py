@@ -227,7 +227,7 @@ def test_image_requests_use_upstreams_image_defaults(
         gen_length=ANSWER,
         block_length=ANSWER,
         steps=ANSWER // 2,
-        mode="prefix",
+        mode="dual",
     ).answer
     assert list(out.outputs[0].token_ids) == want
 

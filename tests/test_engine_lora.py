@@ -59,7 +59,7 @@ def reference_answers(path: Path, prompts) -> list[list[int]]:
     ref = ReferenceLLaDA.from_pretrained(path)
     return [
         reference_generate(
-            ref, p, gen_length=ANSWER_LEN, mode="prefix", **DENOISING
+            ref, p, gen_length=ANSWER_LEN, mode="dual", **DENOISING
         ).answer
         for p in prompts
     ]

@@ -85,7 +85,7 @@ def test_completion_matches_reference(server, tokenizer, reference_model):
         gen_length=12,
         block_length=4,
         steps=12,
-        mode="prefix",
+        mode="dual",
     )
     choice = body["choices"][0]
     assert choice["text"] == expected
@@ -293,7 +293,7 @@ def test_completion_echo_shows_the_filled_prompt(server, tokenizer, reference_mo
         4,
         gen_length=8,
         steps=8,
-        mode="prefix",
+        mode="dual",
         infill=True,
     )
     response = requests.post(
@@ -841,7 +841,7 @@ def test_transcriptions_of_any_format_rate_and_layout(
             gen_length=4,
             block_length=2,
             steps=4,
-            mode="prefix",
+            mode="dual",
         )
         # vLLM 0.32 answers response_format=text with its JSON body.
         text = json.loads(result)["text"] if isinstance(result, str) else result.text
@@ -893,7 +893,7 @@ def test_long_audio_is_transcribed_in_context_sized_pieces(
             gen_length=16,
             block_length=2,
             steps=16,
-            mode="prefix",
+            mode="dual",
         )[1].strip()
         for piece in pieces
     ]

@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = [
         # Upstream semantics, one token per step.
         {"mode": "exact", "block_length": 32, "steps": 64},
-        # Fast-dLLM: prefix cache and confidence-threshold parallel decoding.
-        {"mode": "prefix", "block_length": 32, "threshold": 0.9},
+        # Fast-dLLM: dual cache (the default mode) and confidence-threshold
+        # parallel decoding.
+        {"mode": "dual", "block_length": 32, "threshold": 0.9},
     ]
     for extra in settings:
         params = SamplingParams(max_tokens=64, temperature=0, extra_args=extra)

@@ -18,8 +18,8 @@ threshold      Fast-dLLM parallel decoding: commit every masked position of the
                block with confidence >= threshold, at least one; ignores steps
 factor         Fast-dLLM factor rule (``(n+1)(1-c_n) < factor``); ignores steps
 cfg_scale      classifier-free guidance scale (0 = off): ``u + (s+1)(c-u)``
-mode           ``prefix`` (Fast-dLLM prefix cache, default), ``dual`` (Fast-dLLM
-               DualCache: the masked suffix's KV is cached too), ``exact``
+mode           ``dual`` (Fast-dLLM DualCache, default: the masked suffix's KV
+               is cached too), ``prefix`` (Fast-dLLM prefix cache), ``exact``
                (upstream: recompute everything each step) or ``block`` (write
                each block's KV once, never refresh)
 infill         fill the prompt's mask ids as upstream's samplers do (default
@@ -79,7 +79,9 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "threshold": None,
     "factor": None,
     "cfg_scale": 0.0,
-    "mode": "prefix",
+    # As exact as ``prefix`` against its reference, and faster: see
+    # benchmarks/README.md.
+    "mode": "dual",
     "infill": True,
     "mc_num": 128,
     "mc_batch_size": None,
