@@ -67,7 +67,10 @@ def test_step_commits_most_confident_and_emits_whole_blocks():
     den = Denoiser(MASK, VOCAB)
     # answer of 4, block of 2, 1 token per step, greedy.
     den.add_request(
-        "a", parse_params({"block_length": 2}, seed=0), answer_len=4, temperature=0
+        "a",
+        parse_params({"block_length": 2, "mode": "prefix"}, seed=0),
+        answer_len=4,
+        temperature=0,
     )
     assert den.drafts("a") == [MASK] * 4  # prefix mode: the whole answer
     plan = den.plan([DraftSpan("a", first_row=10, num_rows=4)])

@@ -11,7 +11,8 @@ is committed, which the accounting keeps. This subclass adds the rest.
    (``state.admission_canvas``): the KV manager reserves the canvas's slots
    when it admits the request, and the canvas joins the step when it fits
    the token budget whole (otherwise that forward is a prompt-only prefill
-   and the canvas follows in the next step).
+   and the canvas follows in the next step). A request that asks for prompt
+   logprobs keeps a prompt-only first forward: they are the prompt's alone.
 2. **Cache semantics per mode.** After each step it moves
    ``num_computed_tokens`` so the next forward covers what the mode needs:
    ``exact`` back to 0 every step (the whole sequence is recomputed);
@@ -215,6 +216,10 @@ class DiffusionScheduler(Scheduler):
         its request's as the branch does); empty when it does not denoise."""
         record = self._records.get(request.request_id)
         if record is None or record.params.scores_likelihood:
+            return []
+        if request.sampling_params.prompt_logprobs is not None:
+            # Its prompt logprobs are those of the prompt alone, as vLLM's
+            # prefill reports them: that forward stays prompt-only.
             return []
         main = request
         if record.role is cfg.Role.UNCOND:
