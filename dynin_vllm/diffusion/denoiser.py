@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from dynin_vllm import kernels
@@ -33,6 +34,8 @@ GREEDY_EPS = 1e-5
 
 #: Marks a cond row whose unconditional logits come from its request's cache.
 _FROM_CACHE = -2
+
+_NO_HOLES = torch.zeros(0, dtype=torch.int64)
 
 
 @dataclass(frozen=True)
@@ -227,14 +230,14 @@ class Denoiser:
         that forwards the branch over the whole remaining answer fills it).
         """
         by_id = {span.req_id: span for span in spans}
-        empty = torch.zeros(0, dtype=torch.int64)
         states: list[RequestState] = []
         uncond_ids: list[str | None] = []
         hole_indices: list[torch.Tensor] = []
         first_rows: list[int] = []
         # Per state: its partner's first row, or _FROM_CACHE, or -1 (no CFG).
         uncond_first: list[int] = []
-        hole_parts: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        # (state index, logits rows, uncond rows, prompt positions) of holes
+        hole_parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         fills: list[tuple[int, int, int]] = []  # (state index, first row, count)
         for span in spans:
             state = self.states.get(span.req_id)
@@ -251,101 +254,106 @@ class Denoiser:
                 and (partner is None or partner.num_rows < size)
             ):
                 continue  # its unconditional branch was not forwarded with it
-            holes = empty
-            if state.holes.numel() and span.prompt_row >= 0 and state.holes_visible():
+            holes = _NO_HOLES
+            if state.has_holes and span.prompt_row >= 0 and state.holes_visible():
                 holes = state.open_holes()
-            remaining = state.answer_len - state.committed
             fill = (
                 not cached
                 and partner is not None
                 and state.caches_uncond
-                and partner.num_rows >= remaining
+                and partner.num_rows >= state.answer_len - state.committed
             )
             if fill:
+                remaining = state.answer_len - state.committed
                 fills.append((len(states), partner.first_row, remaining))
             if cached or fill:  # a cache filled this step serves it too
                 uncond_first.append(_FROM_CACHE)
             else:
                 uncond_first.append(-1 if partner is None else partner.first_row)
             if holes.numel():
-                hole_pos = state.holes[holes]
-                uncond = torch.full_like(hole_pos, -1)
+                hole_pos = state.holes[holes].numpy()
+                uncond = np.full_like(hole_pos, -1)
                 branch = self.states.get(partner.req_id) if partner else None
-                if (
-                    branch is not None
-                    and branch.holes.numel()
-                    and partner.prompt_row >= 0
-                ):
+                if branch is not None and branch.has_holes and partner.prompt_row >= 0:
                     uncond = partner.prompt_row + hole_pos
-                hole_parts.append((len(states), span.prompt_row + hole_pos, uncond))
+                hole_parts.append(
+                    (len(states), span.prompt_row + hole_pos, uncond, hole_pos)
+                )
             states.append(state)
             uncond_ids.append(None if cached else state.cfg_partner)
             hole_indices.append(holes)
             first_rows.append(span.first_row)
 
-        def ints(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.int64)
-
-        state_slots = ints([st.slot for st in states])
-        block_start = ints([st.committed for st in states])
-        block_size = ints([st.block_size for st in states])
-        num_holes = ints([h.numel() for h in hole_indices])
+        # Index bookkeeping on the host, in numpy (vLLM's input batch does the
+        # same): a few microseconds per operation instead of a torch dispatch.
+        state_slots = np.array([st.slot for st in states], dtype=np.int64)
+        block_start = np.array([st.committed for st in states], dtype=np.int64)
+        block_size = np.array([st.block_size for st in states], dtype=np.int64)
+        num_holes = np.array([h.numel() for h in hole_indices], dtype=np.int64)
         # The still-masked positions of every current block, in one gather.
         width = int(block_size.max()) if states else 0
-        offset = torch.arange(width)
-        index = (block_start[:, None] + offset).clamp(max=self.slots.width - 1)
-        blocks = self.slots.answers[state_slots[:, None], index]
+        offset = np.arange(width)
+        index = np.minimum(block_start[:, None] + offset, self.slots.width - 1)
+        blocks = self.slots.answers.numpy()[state_slots[:, None], index]
         masked = (blocks == self.mask_id) & (offset < block_size[:, None])
-        row_slot, offsets = masked.nonzero(as_tuple=True)
-        rows = ints(first_rows)[row_slot] + offsets
+        row_slot, offsets = masked.nonzero()
+        rows = np.array(first_rows, dtype=np.int64)[row_slot] + offsets
         columns = num_holes[row_slot] + offsets
         positions = block_start[row_slot] + offsets
-        partner_first = ints(uncond_first)[row_slot]
-        uncond = torch.where(partner_first >= 0, partner_first + offsets, partner_first)
-        for i, hole_rows, hole_uncond in hole_parts:
-            n = hole_rows.numel()
-            state = states[i]
-            row_slot = torch.cat([row_slot, torch.full((n,), i, dtype=torch.int64)])
-            rows = torch.cat([rows, hole_rows])
-            columns = torch.cat([columns, torch.arange(n)])
-            positions = torch.cat(
-                [positions, state.holes[hole_indices[i]] - state.prompt_len]
+        partner_first = np.array(uncond_first, dtype=np.int64)[row_slot]
+        uncond = np.where(partner_first >= 0, partner_first + offsets, partner_first)
+        if hole_parts:
+            parts = [(row_slot, rows, columns, positions, uncond)]
+            for i, hole_rows, hole_uncond, hole_pos in hole_parts:
+                n = hole_rows.size
+                parts.append(
+                    (
+                        np.full(n, i, dtype=np.int64),
+                        hole_rows,
+                        np.arange(n),
+                        hole_pos - states[i].prompt_len,
+                        hole_uncond,
+                    )
+                )
+            row_slot, rows, columns, positions, uncond = (
+                np.concatenate(column) for column in zip(*parts, strict=True)
             )
-            uncond = torch.cat([uncond, hole_uncond])
-        num_cond = rows.numel()
+        num_cond = rows.size
         uncond_row_index = None
         has_cfg = uncond >= 0
         from_cache = uncond == _FROM_CACHE
-        if bool(has_cfg.any()) or bool(from_cache.any()):
-            index = torch.arange(num_cond, dtype=torch.int64)
-            index[has_cfg] = num_cond + torch.arange(int(has_cfg.sum()))
-            rows = torch.cat([rows, uncond[has_cfg]])
-            uncond_row_index = index
-        logits_row_slot = torch.cat([row_slot, row_slot[has_cfg]])
+        if has_cfg.any() or from_cache.any():
+            index = np.arange(num_cond)
+            index[has_cfg] = num_cond + np.arange(int(has_cfg.sum()))
+            rows = np.concatenate([rows, uncond[has_cfg]])
+            uncond_row_index = torch.from_numpy(index)
+        logits_row_slot = np.concatenate([row_slot, row_slot[has_cfg]])
         cache_fills = []
         for slot, first_row, count in fills:
-            cache_fills.append((slot, rows.numel(), count))
-            rows = torch.cat([rows, first_row + torch.arange(count)])
-            logits_row_slot = torch.cat(
-                [logits_row_slot, torch.full((count,), slot, dtype=torch.int64)]
+            cache_fills.append((slot, rows.size, count))
+            rows = np.concatenate([rows, first_row + np.arange(count)])
+            logits_row_slot = np.concatenate(
+                [logits_row_slot, np.full(count, slot, dtype=np.int64)]
             )
         return StepPlan(
-            logits_rows=rows,
+            logits_rows=torch.from_numpy(rows),
             num_cond_rows=num_cond,
             states=states,
             uncond_ids=uncond_ids,
-            row_slot=row_slot,
-            row_column=columns,
-            row_position=positions,
+            row_slot=torch.from_numpy(row_slot),
+            row_column=torch.from_numpy(columns),
+            row_position=torch.from_numpy(positions),
             uncond_row_index=uncond_row_index,
             hole_indices=hole_indices,
-            uncond_from_cache=from_cache if bool(from_cache.any()) else None,
+            uncond_from_cache=torch.from_numpy(from_cache)
+            if from_cache.any()
+            else None,
             uncond_cache_fills=tuple(cache_fills),
-            logits_row_slot=logits_row_slot,
-            state_slots=state_slots,
-            block_start=block_start,
-            block_size=block_size,
-            num_holes=num_holes,
+            logits_row_slot=torch.from_numpy(logits_row_slot),
+            state_slots=torch.from_numpy(state_slots),
+            block_start=torch.from_numpy(block_start),
+            block_size=torch.from_numpy(block_size),
+            num_holes=torch.from_numpy(num_holes),
         )
 
     def step(
@@ -363,18 +371,17 @@ class Denoiser:
         device = logits.device
         states = plan.states
         table = self.slots
-        slots = plan.state_slots
-        slot = plan.row_slot.to(device)
-        column = plan.row_column.to(device)
+        slots = plan.state_slots.numpy()
+        row_slot = plan.row_slot.numpy()
+        row_table_slot = slots[row_slot]
 
         def per_row(values: torch.Tensor) -> torch.Tensor:
-            return values[slots].to(device)[slot]
+            return torch.from_numpy(values.numpy()[row_table_slot]).to(device)
 
-        temperature = per_row(table.temperature)
-        seed = per_row(table.seed)
-        noise_step = torch.tensor([s.noise_step for s in states], dtype=torch.int64)
-        step = noise_step.to(device)[slot]
-        position = plan.row_position.to(device)
+        def per_state(values: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(values.numpy()[slots]).to(device)
+
+        noise_step = np.array([s.noise_step for s in states], dtype=np.int64)
         cond = logits[: plan.num_cond_rows]
         uncond = cfg = None
         self._fill_uncond_caches(plan, logits, column_offset)
@@ -383,79 +390,72 @@ class Denoiser:
             cfg = per_row(table.cfg_scale)
             if plan.uncond_from_cache is not None:
                 _restore_uncond(plan, uncond, column_offset)
-        allowed = _allowed_rows(
-            states, plan.row_slot, cond.shape[-1] + column_offset, device
-        )
+        seed = per_row(table.seed)
+        step = torch.from_numpy(noise_step[row_slot]).to(device)
+        position = plan.row_position.to(device)
         ids, conf = _score(
             states,
             plan.row_slot,
             cond,
-            temperature,
+            per_row(table.temperature),
             seed,
             step,
             position,
             uncond,
             cfg,
-            allowed,
+            _allowed_rows(
+                states, plan.row_slot, cond.shape[-1] + column_offset, device
+            ),
             column_offset,
         )
-        random_remasking = table.random_remasking[slots]
-        if bool(random_remasking.any()):
+        random_remasking = table.random_remasking.numpy()[row_table_slot]
+        if random_remasking.any():
             random_conf = kernels.random_confidence(seed, step, position)
-            is_random = random_remasking.to(device)[slot]
+            is_random = torch.from_numpy(random_remasking).to(device)
             conf = torch.where(is_random, random_conf.to(conf.dtype), conf)
 
+        # The selection runs on the host, in numpy: a step's candidate rows are
+        # a few dozen ids, and the canvases live on the host anyway.
+        ids = ids.cpu().numpy()  # the step's device-to-host copies
+        conf = conf.cpu().numpy()
+
         # Each state's candidate row: its open holes, then its current block.
-        num_holes, size = plan.num_holes, plan.block_size
+        num_holes, size = plan.num_holes.numpy(), plan.block_size.numpy()
         width = int((num_holes + size).max())
-        offset = torch.arange(width)[None, :] - num_holes[:, None]
+        offset = np.arange(width)[None, :] - num_holes[:, None]
         in_block = (offset >= 0) & (offset < size[:, None])
-        index = (plan.block_start[:, None] + offset).clamp(0, table.width - 1)
-        current = table.answers[slots[:, None], index]
-        current = torch.where(in_block, current, -1)
-        current[offset < 0] = self.mask_id  # open holes
-        shape = (len(states), width)
-        flat = slot * width + column
-        candidates = torch.full(shape, self.mask_id, dtype=torch.int64, device=device)
-        candidates.view(-1)[flat] = ids
-        confidence = torch.full(shape, float("-inf"), dtype=conf.dtype, device=device)
-        confidence.view(-1)[flat] = conf
-        canvas = current.to(device)
+        index = np.maximum(plan.block_start.numpy()[:, None] + offset, 0)
+        index = np.minimum(index, table.width - 1)
+        answers = table.answers.numpy()
+        canvas = np.where(in_block, answers[slots[:, None], index], -1)
+        canvas[offset < 0] = self.mask_id  # open holes
+        shape = canvas.shape
+        flat = row_slot * width + plan.row_column.numpy()
+        candidates = np.full(shape, self.mask_id, dtype=np.int64)
+        candidates.reshape(-1)[flat] = ids
+        confidence = np.full(shape, -np.inf, dtype=conf.dtype)
+        confidence.reshape(-1)[flat] = conf
         editable = canvas == self.mask_id
-        num_transfer = torch.tensor(
-            [s.num_transfer() for s in states], dtype=torch.int64, device=device
+        num_transfer = np.array([s.num_transfer() for s in states], dtype=np.int64)
+        self._record_previews(states, num_holes, canvas, candidates, editable)
+        maskgit = table.maskgit.numpy()[slots]
+        selection = (
+            candidates,
+            confidence,
+            editable,
+            num_transfer,
+            table.threshold.numpy()[slots],
+            table.factor.numpy()[slots],
         )
-        self._record_previews(
-            states, plan.num_holes.tolist(), canvas, candidates, editable
-        )
-        maskgit = table.maskgit[slots].to(device)
-        threshold = table.threshold[slots].to(device)
-        factor = table.factor[slots].to(device)
-        if not bool(maskgit.any()):
-            kernels.commit(
-                canvas,
-                candidates,
-                confidence,
-                editable,
-                num_transfer,
-                threshold,
-                factor,
-            )
-        else:
-            rows = (~maskgit).nonzero().flatten()
-            if rows.numel():
-                part = canvas[rows]
-                kernels.commit(
-                    part,
-                    candidates[rows],
-                    confidence[rows],
-                    editable[rows],
-                    num_transfer[rows],
-                    threshold[rows],
-                    factor[rows],
-                )
-                canvas[rows] = part
-            rows = maskgit.nonzero().flatten()
+        rows = (~maskgit).nonzero()[0]
+        if rows.size == len(states):
+            kernels.commit(*map(torch.from_numpy, (canvas, *selection)))
+        elif rows.size:
+            part = canvas[rows]
+            kernels.commit(*(torch.from_numpy(a[rows]) for a in (canvas, *selection)))
+            canvas[rows] = part
+        if rows.size < len(states):
+            rows = maskgit.nonzero()[0]
             self._maskgit_commit(
                 [states[i] for i in rows.tolist()],
                 rows,
@@ -463,21 +463,19 @@ class Denoiser:
                 candidates,
                 confidence,
                 editable,
+                device,
             )
 
-        new_blocks = canvas.cpu()  # the step's one device-to-host copy
         # Write every block back with one index; count the masks left.
-        state_index = torch.arange(len(states))[:, None].expand(shape)
-        table.answers[slots[state_index[in_block]], index[in_block]] = new_blocks[
-            in_block
-        ]
-        masks_left = ((new_blocks == self.mask_id) & in_block).sum(dim=1).tolist()
+        state_rows = np.broadcast_to(slots[:, None], shape)
+        answers[state_rows[in_block], index[in_block]] = canvas[in_block]
+        masks_left = ((canvas == self.mask_id) & in_block).sum(axis=1).tolist()
         emitted: dict[str, list[int]] = {}
         for i, (state, uncond_id, holes) in enumerate(
             zip(states, plan.uncond_ids, plan.hole_indices, strict=True)
         ):
             n = holes.numel()
-            filled = (holes, new_blocks[i, :n]) if n else None
+            filled = (holes, torch.from_numpy(canvas[i, :n])) if n else None
             tokens = state.advance(masks_left[i], filled)
             emitted[state.req_id] = tokens
             if uncond_id is not None:
@@ -514,10 +512,10 @@ class Denoiser:
     def _record_previews(
         self,
         states: list[RequestState],
-        num_holes: list[int],
-        canvas: torch.Tensor,
-        candidates: torch.Tensor,
-        editable: torch.Tensor,
+        num_holes: np.ndarray,
+        canvas: np.ndarray,
+        candidates: np.ndarray,
+        editable: np.ndarray,
     ) -> None:
         """Keep the step's prediction of each request that previews it: its
         candidates on the masked slots and the canvas elsewhere (what upstream's
@@ -525,10 +523,9 @@ class Denoiser:
         rows = [i for i, s in enumerate(states) if s.uses_maskgit and s.wants_preview()]
         if not rows:
             return
-        index = torch.tensor(rows, device=canvas.device)
-        predicted = torch.where(editable[index], candidates[index], canvas[index]).cpu()
+        predicted = np.where(editable[rows], candidates[rows], canvas[rows])
         for row, i in enumerate(rows):
-            state, n = states[i], num_holes[i]
+            state, n = states[i], int(num_holes[i])
             start, end = state.block_bounds
             block = predicted[row, n : n + end - start]
             state.previewed_step = state.step + 1
@@ -539,25 +536,29 @@ class Denoiser:
     def _maskgit_commit(
         self,
         states: list[RequestState],
-        rows: torch.Tensor,
-        canvas: torch.Tensor,
-        candidates: torch.Tensor,
-        confidence: torch.Tensor,
-        editable: torch.Tensor,
+        rows: np.ndarray,
+        canvas: np.ndarray,
+        candidates: np.ndarray,
+        confidence: np.ndarray,
+        editable: np.ndarray,
+        device: torch.device,
     ) -> None:
-        """One MaskGIT step for the canvas ``rows`` of ``states``, in place."""
-        device = canvas.device
+        """One MaskGIT step for the host canvas ``rows`` of ``states``, in
+        place; the re-masking runs on ``device``."""
+
+        def on_device(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(array[rows]).to(device)
 
         def values(items: list[Any], dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor(items, dtype=dtype, device=device)
 
         steps = [s.layout.steps_per_block for s in states]
-        part = canvas[rows]
+        part = on_device(canvas)
         kernels.maskgit_commit(
             part,
-            candidates[rows],
-            confidence[rows],
-            editable[rows],
+            on_device(candidates),
+            on_device(confidence),
+            on_device(editable),
             values(
                 [
                     kernels.cosine_mask_len(s.num_slots, s.step, n)
@@ -576,7 +577,7 @@ class Denoiser:
             values([s.noise_step for s in states], torch.int64),
             values([s.committed for s in states], torch.int64),
         )
-        canvas[rows] = part
+        canvas[rows] = part.cpu().numpy()
 
 
 def logits_window(plan: StepPlan) -> tuple[int, int] | None:

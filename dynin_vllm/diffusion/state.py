@@ -122,6 +122,8 @@ class RequestState:
 
     def __post_init__(self) -> None:
         self.answer = self.initial.clone()
+        #: Whether the request fills prompt holes (checked every step).
+        self.has_holes = bool(self.holes.numel())
         # MaskGIT's schedule counts the canvas's mask slots, fixed ids aside.
         self.num_slots = int((self.initial == self.mask_id).sum())
         self.hole_values = torch.full_like(self.holes, self.mask_id)
@@ -151,7 +153,7 @@ class RequestState:
 
     def num_masked_in_block(self) -> int:
         start, end = self.block_bounds
-        return int((self.answer[start:end] == self.mask_id).sum())
+        return int((self.answer.numpy()[start:end] == self.mask_id).sum())
 
     def masked_offsets(self) -> torch.Tensor:
         """Block-relative positions still holding the mask id."""
@@ -166,9 +168,10 @@ class RequestState:
         """Whether the block must also fill open holes before it ends (fixed
         steps; a hole open past the schedule holds a committed mask id)."""
         return (
-            not self.params.dynamic_steps
+            self.has_holes
+            and not self.params.dynamic_steps
             and self.step < len(self.schedule)
-            and bool(self.open_holes().numel())
+            and bool((self.hole_values == self.mask_id).any())
         )
 
     def holes_visible(self) -> bool:
@@ -221,9 +224,9 @@ class RequestState:
         if self.params.dynamic_steps or self.uses_maskgit:
             self.schedule = []
         else:
+            open_holes = self.open_holes().numel() if self.has_holes else 0
             self.schedule = transfer_counts(
-                self.num_masked_in_block() + self.open_holes().numel(),
-                self.layout.steps_per_block,
+                self.num_masked_in_block() + open_holes, self.layout.steps_per_block
             )
 
     def num_transfer(self) -> int:

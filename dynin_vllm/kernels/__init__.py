@@ -3,7 +3,9 @@
 Each operation has a plain-torch reference (``scoring.py``, ``selection.py``,
 ``maskgit.py``) and, where written, a Triton kernel with the same signature
 (``triton_ops.py``). The functions here dispatch: Triton on CUDA, torch
-elsewhere.
+elsewhere, except the selection of host tensors, which runs in numpy
+(``selection.commit_numpy``: the same result, a fraction of the dispatch
+cost on the few rows of a step).
 
 ``DYNIN_VLLM_KERNELS`` overrides the choice: ``torch`` forces the references
 (debugging), ``triton`` forces the kernels (with ``TRITON_INTERPRET=1`` they
@@ -20,7 +22,7 @@ import torch
 
 from .maskgit import annealed_temperature, cosine_mask_len, maskgit_commit_torch
 from .scoring import CFG_LLADA, CFG_MASKGIT, random_confidence_torch, score_rows_torch
-from .selection import commit_torch
+from .selection import commit_numpy, commit_torch
 
 ENV = "DYNIN_VLLM_KERNELS"
 
@@ -65,6 +67,8 @@ def commit(canvas: torch.Tensor, *args: Any, **kwargs: Any):
     """Select and commit positions in place (see ``selection.commit_torch``)."""
     if use_triton(canvas.device):
         return _kernels().commit_triton(canvas, *args, **kwargs)
+    if canvas.device.type == "cpu" and os.environ.get(ENV, "auto") == "auto":
+        return commit_numpy(canvas, *args, **kwargs)
     return commit_torch(canvas, *args, **kwargs)
 
 

@@ -12,9 +12,11 @@ For every row (one canvas position of one request):
    Gumbel-max ``argmax(exp(l) / (-log u)**T)`` with counter-based uniforms;
 4. the confidence: the chosen id's softmax probability under the unperturbed
    (guided, restricted) distribution, returned in float64. Upstream computes
-   the whole softmax in float64; here the exponentials stay in the logits'
-   precision (float64 after CFG) and only their sum is float64, which keeps the
-   result within float32 rounding of upstream's at a fraction of the cost.
+   the whole softmax in float64; here the exponentials and their sum stay in
+   the logits' precision (float64 after CFG; float32 otherwise, as the Triton
+   kernel computes them), which keeps the result within float32 rounding of
+   upstream's at a fraction of the cost: a float64 sum of float32 values is
+   several times slower on CPU than the whole rest of the scoring.
 """
 
 from __future__ import annotations
@@ -86,58 +88,96 @@ def score_rows_torch(
     if allowed is not None and column_offset:
         allowed = (allowed - column_offset).clamp(min=0)
     num_rows = logits.shape[0]
+    chunk_rows = rows_per_chunk(logits.shape[-1])
+    if num_rows <= chunk_rows:  # one chunk: no copies into the results
+        return _score_chunk(
+            logits,
+            temperature,
+            seed,
+            step,
+            position,
+            uncond_logits,
+            cfg_scale,
+            cfg_formula,
+            allowed,
+            column_offset,
+        )
     ids = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
     conf = torch.empty(num_rows, dtype=torch.float64, device=logits.device)
-    chunk_rows = rows_per_chunk(logits.shape[-1])
     for start in range(0, num_rows, chunk_rows):
         rows = slice(start, min(start + chunk_rows, num_rows))
-        chunk = logits[rows]
-        if chunk.dtype not in (torch.float32, torch.float64):
-            chunk = chunk.float()  # exact for bf16 / fp16
-        if uncond_logits is not None and cfg_scale is not None:
-            scale = cfg_scale[rows].to(torch.float64)
-            if bool((scale > 0).any()):
-                chunk = chunk.double()
-                guided = guide(
-                    chunk, uncond_logits[rows].to(torch.float64), scale, cfg_formula
-                )
-                chunk = torch.where((scale > 0)[:, None], guided, chunk)
-        first = 0
-        if allowed is not None:
-            # Only the columns the chunk's ranges span are scored: the others
-            # are -inf, never chosen and worth 0 in the softmax.
-            ranges = allowed[rows]
-            used = ranges[..., 1] > ranges[..., 0]
-            if bool(used.any(dim=1).all()):
-                first = int(ranges[..., 0][used].min())
-                last = int(ranges[..., 1][used].max())
-            else:  # a row allows nothing: keep every column (argmax gives 0)
-                last = chunk.shape[-1]
-            chunk = restrict(chunk[:, first:last], ranges - first)
-        best, chosen = chunk.max(dim=-1)
-        temp = temperature[rows].to(torch.float64)
-        hot = temp > 0
-        if bool(hot.any()):
-            u = noise.uniform_rows(
-                seed[rows][hot],
-                noise.GUMBEL,
-                step[rows][hot],
-                position[rows][hot],
-                chunk.shape[-1],
-                column_offset + first,
-            )
-            perturbed = (
-                chunk[hot].double().exp() / (-torch.log(u)) ** temp[hot][:, None]
-            )
-            chosen[hot] = perturbed.argmax(dim=-1)
-        # softmax(chunk)[chosen]: exponentials in the logits' precision, their
-        # sum in float64 (no float64 copy of the whole row).
-        shifted = chunk - best[:, None]
-        total = torch.exp(shifted).sum(dim=-1, dtype=torch.float64)
-        picked = shifted.gather(-1, chosen[:, None]).squeeze(-1).double()
-        ids[rows] = chosen + first + column_offset
-        conf[rows] = torch.exp(picked) / total
+        ids[rows], conf[rows] = _score_chunk(
+            logits[rows],
+            temperature[rows],
+            seed[rows],
+            step[rows],
+            position[rows],
+            None if uncond_logits is None else uncond_logits[rows],
+            None if cfg_scale is None else cfg_scale[rows],
+            cfg_formula,
+            None if allowed is None else allowed[rows],
+            column_offset,
+        )
     return ids, conf
+
+
+def _score_chunk(
+    chunk: torch.Tensor,
+    temperature: torch.Tensor,
+    seed: torch.Tensor,
+    step: torch.Tensor,
+    position: torch.Tensor,
+    uncond_logits: torch.Tensor | None,
+    cfg_scale: torch.Tensor | None,
+    cfg_formula: str,
+    allowed: torch.Tensor | None,
+    column_offset: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`score_rows_torch` of rows few enough to score at once."""
+    if chunk.dtype not in (torch.float32, torch.float64):
+        chunk = chunk.float()  # exact for bf16 / fp16
+    if uncond_logits is not None and cfg_scale is not None:
+        scale = cfg_scale.to(torch.float64)
+        if bool((scale > 0).any()):
+            chunk = chunk.double()
+            guided = guide(chunk, uncond_logits.to(torch.float64), scale, cfg_formula)
+            chunk = torch.where((scale > 0)[:, None], guided, chunk)
+    first = 0
+    if allowed is not None:
+        # Only the columns the chunk's ranges span are scored: the others
+        # are -inf, never chosen and worth 0 in the softmax.
+        used = allowed[..., 1] > allowed[..., 0]
+        if bool(used.any(dim=1).all()):
+            first = int(allowed[..., 0][used].min())
+            last = int(allowed[..., 1][used].max())
+        else:  # a row allows nothing: keep every column (argmax gives 0)
+            last = chunk.shape[-1]
+        chunk = restrict(chunk[:, first:last], allowed - first)
+    best, chosen = chunk.max(dim=-1)
+    shifted = chunk - best[:, None]
+    if not bool(temperature.any()):
+        # Greedy rows: the chosen id is the maximum, its softmax probability
+        # the reciprocal of the sum (the sum in the logits' precision).
+        total = shifted.exp_().sum(dim=-1).double()
+        return chosen + (first + column_offset), total.reciprocal()
+    hot = temperature > 0
+    temp = temperature[hot].to(torch.float64)
+    u = noise.uniform_rows(
+        seed[hot],
+        noise.GUMBEL,
+        step[hot],
+        position[hot],
+        chunk.shape[-1],
+        column_offset + first,
+    )
+    perturbed = chunk[hot].double().exp() / (-torch.log(u)) ** temp[:, None]
+    chosen[hot] = perturbed.argmax(dim=-1)
+    # softmax(chunk)[chosen]: the sum in the logits' precision, the ratio in
+    # float64 (distinct sums keep distinct confidences).
+    picked = shifted.gather(-1, chosen[:, None]).squeeze(-1).double()
+    total = shifted.exp_().sum(dim=-1).double()
+    conf = torch.exp(picked) / total
+    return chosen + (first + column_offset), conf
 
 
 def random_confidence_torch(

@@ -1,7 +1,8 @@
 """Selection and commit: choose which masked positions to unmask this step.
 
-Plain-torch reference implementation. ``dynin_vllm.kernels.commit`` dispatches
-between this and the Triton kernel with the same signature.
+Plain-torch reference implementation, and its numpy twin for host tensors.
+``dynin_vllm.kernels.commit`` dispatches between them and the Triton kernel
+with the same signature.
 
 Per request (row), over its *editable* positions (still masked and inside the
 active block), ordered by confidence (ties: lower position first):
@@ -18,6 +19,7 @@ active block), ordered by confidence (ties: lower position first):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -39,6 +41,10 @@ def select_torch(
     rank.scatter_(
         1, order, torch.arange(conf.shape[1], device=conf.device).expand_as(order)
     )
+    use_factor = factor > 0
+    use_threshold = (threshold > 0) & ~use_factor
+    if not bool((use_factor | use_threshold).any()):  # the fixed schedule alone
+        return (rank < num_transfer[:, None]) & editable
     num_editable = editable.sum(dim=1)
 
     sorted_conf = conf.gather(1, order)
@@ -51,10 +57,9 @@ def select_torch(
     )
     by_factor = torch.where(first_fail >= num_editable - 1, num_editable, first_fail)
 
-    count = torch.where(factor > 0, by_factor, num_transfer.to(by_factor.dtype))
+    count = torch.where(use_factor, by_factor, num_transfer.to(by_factor.dtype))
     selected = rank < count[:, None]
     by_threshold = (rank == 0) | (conf >= threshold.to(torch.float64)[:, None])
-    use_threshold = (threshold > 0) & ~(factor > 0)
     selected = torch.where(use_threshold[:, None], by_threshold, selected)
     return selected & editable
 
@@ -78,3 +83,67 @@ def commit_torch(
     num_committed = selected.sum(dim=1)
     done = (editable & ~selected).sum(dim=1) == 0
     return num_committed, done
+
+
+def select_numpy(
+    confidence: np.ndarray,
+    editable: np.ndarray,
+    num_transfer: np.ndarray,
+    threshold: np.ndarray,
+    factor: np.ndarray,
+) -> np.ndarray:
+    """:func:`select_torch` in numpy, for host arrays: the same positions,
+    ties included, at a fraction of the cost on the few rows a step has."""
+    conf = np.where(editable, confidence.astype(np.float64), -np.inf)
+    # A stable ascending sort of the negated confidences is torch's stable
+    # descending sort: equal confidences keep the lower position first.
+    order = np.argsort(-conf, axis=1, kind="stable")
+    width = conf.shape[1]
+    rank = np.empty_like(order)
+    rank[np.arange(conf.shape[0])[:, None], order] = np.arange(width)
+    use_factor = factor > 0
+    use_threshold = (threshold > 0) & ~use_factor
+    if not (use_factor.any() or use_threshold.any()):  # the fixed schedule alone
+        return (rank < num_transfer[:, None]) & editable
+    num_editable = editable.sum(axis=1)
+
+    sorted_conf = np.take_along_axis(conf, order, 1)
+    idx = np.arange(width, dtype=np.float64)
+    bar = 1.0 - factor.astype(np.float64)[:, None] / (idx[None, :] + 2.0)
+    bar[:, 0] = -1.0
+    fails = (sorted_conf < bar) & (idx[None, :] < num_editable[:, None])
+    first_fail = np.where(fails.any(axis=1), fails.argmax(axis=1), num_editable)
+    by_factor = np.where(first_fail >= num_editable - 1, num_editable, first_fail)
+
+    count = np.where(use_factor, by_factor, num_transfer)
+    selected = rank < count[:, None]
+    by_threshold = (rank == 0) | (conf >= threshold.astype(np.float64)[:, None])
+    selected = np.where(use_threshold[:, None], by_threshold, selected)
+    return selected & editable
+
+
+def commit_numpy(
+    canvas: torch.Tensor,
+    candidates: torch.Tensor,
+    confidence: torch.Tensor,
+    editable: torch.Tensor,
+    num_transfer: torch.Tensor,
+    threshold: torch.Tensor,
+    factor: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`commit_torch` for CPU tensors, computed in numpy on views of
+    them (a step's selection is a few dozen tiny operations, each far cheaper
+    in numpy than a torch dispatch)."""
+    canvas_np = canvas.numpy()
+    editable_np = editable.numpy()
+    selected = select_numpy(
+        confidence.numpy(),
+        editable_np,
+        num_transfer.numpy(),
+        threshold.numpy(),
+        factor.numpy(),
+    )
+    np.copyto(canvas_np, candidates.numpy(), where=selected)
+    num_committed = selected.sum(axis=1)
+    done = (editable_np & ~selected).sum(axis=1) == 0
+    return torch.from_numpy(num_committed), torch.from_numpy(done)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dynin_vllm import kernels
+from dynin_vllm.kernels.selection import commit_torch
 
 
 @pytest.fixture
@@ -107,3 +108,26 @@ def test_bad_choice(monkeypatch) -> None:
     monkeypatch.setenv(kernels.ENV, "cuda")
     with pytest.raises(ValueError):
         kernels.use_triton(torch.device("cpu"))
+
+
+def test_host_selection_runs_in_numpy(monkeypatch) -> None:
+    """On CPU, ``auto`` commits with the numpy twin (the result of the torch
+    reference); ``torch`` forces the reference."""
+    seen: list[str] = []
+    real = kernels.commit_numpy
+
+    def spy(*args, **kwargs):
+        seen.append("numpy")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "commit_numpy", spy)
+    monkeypatch.setenv(kernels.ENV, "auto")
+    args, ref_args = _commit_args(), _commit_args()
+    got = kernels.commit(*args)
+    want = commit_torch(*ref_args)
+    assert seen == ["numpy"]
+    assert torch.equal(args[0], ref_args[0])
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    monkeypatch.setenv(kernels.ENV, "torch")
+    kernels.commit(*_commit_args())
+    assert seen == ["numpy"]

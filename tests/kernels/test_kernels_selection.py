@@ -1,13 +1,20 @@
-"""Triton selection/commit against ``commit_torch``: identical, ties included."""
+"""The Triton and numpy selection/commit against ``commit_torch``: identical,
+ties included."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dynin_vllm.kernels.selection import commit_torch
+from dynin_vllm.kernels.selection import commit_numpy, commit_torch
 
 MASK = 99
+
+
+@pytest.fixture(params=["triton", "numpy"])
+def commit(request, ops):
+    """The implementation under test: the Triton kernel or the numpy twin."""
+    return ops.commit_triton if request.param == "triton" else commit_numpy
 
 
 def _case(rows: int, width: int, seed: int, conf_dtype=torch.float64):
@@ -38,10 +45,10 @@ def _case(rows: int, width: int, seed: int, conf_dtype=torch.float64):
     return canvas, candidates, confidence, editable, num_transfer, threshold, factor
 
 
-def _check(ops, canvas, *args) -> None:
+def _check(commit, canvas, *args) -> None:
     ours = canvas.clone()
     theirs = canvas.clone()
-    got = ops.commit_triton(ours, *args)
+    got = commit(ours, *args)
     want = commit_torch(theirs, *args)
     assert torch.equal(ours, theirs)
     assert got[0].dtype == want[0].dtype and got[1].dtype == want[1].dtype
@@ -53,16 +60,16 @@ def _check(ops, canvas, *args) -> None:
     ("rows", "width", "seed"),
     [(3, 1, 0), (6, 5, 1), (9, 32, 2), (5, 70, 3), (4, 130, 4)],
 )
-def test_commit_matches_reference(ops, rows, width, seed) -> None:
-    _check(ops, *_case(rows, width, seed))
+def test_commit_matches_reference(commit, rows, width, seed) -> None:
+    _check(commit, *_case(rows, width, seed))
 
 
-def test_float32_confidences(ops) -> None:
-    _check(ops, *_case(6, 45, 7, conf_dtype=torch.float32))
+def test_float32_confidences(commit) -> None:
+    _check(commit, *_case(6, 45, 7, conf_dtype=torch.float32))
 
 
 @pytest.mark.parametrize("rule", ["topk", "threshold", "factor"])
-def test_each_rule_with_ties(ops, rule) -> None:
+def test_each_rule_with_ties(commit, rule) -> None:
     """All three rules, one at a time, on rows full of equal confidences."""
     canvas, cand, conf, edit, k, thr, fac = _case(8, 67, 11)
     conf = torch.where(torch.arange(67) % 3 == 0, 0.5, conf)  # more ties
@@ -73,10 +80,10 @@ def test_each_rule_with_ties(ops, rule) -> None:
         thr, fac = torch.linspace(0.1, 1.0, 8, dtype=torch.float64), zero
     else:
         fac = torch.linspace(0.1, 3.0, 8, dtype=torch.float64)
-    _check(ops, canvas, cand, conf, edit, k, thr, fac)
+    _check(commit, canvas, cand, conf, edit, k, thr, fac)
 
 
-def test_hand_checked_ties_go_to_the_lower_position(ops) -> None:
+def test_hand_checked_ties_go_to_the_lower_position(commit) -> None:
     canvas = torch.full((1, 6), MASK)
     cand = torch.arange(10, 16)[None]
     conf = torch.tensor([[0.3, 0.9, 0.5, 0.9, 0.9, 0.1]], dtype=torch.float64)
@@ -85,26 +92,26 @@ def test_hand_checked_ties_go_to_the_lower_position(ops) -> None:
     canvas[0, 1] = 7
     k = torch.tensor([2])
     zero = torch.zeros(1, dtype=torch.float64)
-    count, done = ops.commit_triton(canvas, cand, conf, edit, k, zero, zero)
+    count, done = commit(canvas, cand, conf, edit, k, zero, zero)
     assert canvas.tolist() == [[MASK, 7, MASK, 13, 14, MASK]]
     assert count.tolist() == [2] and done.tolist() == [False]
 
 
-def test_non_contiguous_canvas_is_written_in_place(ops) -> None:
+def test_non_contiguous_canvas_is_written_in_place(commit) -> None:
     canvas, cand, conf, edit, k, thr, fac = _case(4, 20, 5)
     big = torch.zeros(4, 40, dtype=torch.int64)
     view = big[:, ::2]
     view.copy_(canvas)
     want = canvas.clone()
     commit_torch(want, cand, conf, edit, k, thr, fac)
-    ops.commit_triton(view, cand, conf, edit, k, thr, fac)
+    commit(view, cand, conf, edit, k, thr, fac)
     assert torch.equal(view, want)
 
 
-def test_empty_batch(ops) -> None:
+def test_empty_batch(commit) -> None:
     args = _case(2, 4, 0)
     empty = [a[:0] for a in args]
-    got = ops.commit_triton(*empty)
+    got = commit(*empty)
     want = commit_torch(*[a.clone() for a in empty])
     assert got[0].shape == want[0].shape == (0,)
     assert got[1].shape == want[1].shape == (0,)
@@ -123,7 +130,7 @@ def test_empty_batch(ops) -> None:
         ([-3.0], 1),  # fails at index 0, which is the last: all
     ],
 )
-def test_factor_rule_by_hand(ops, conf, want) -> None:
+def test_factor_rule_by_hand(commit, conf, want) -> None:
     width = len(conf)
     canvas = torch.full((1, width), MASK)
     args = (
@@ -136,5 +143,5 @@ def test_factor_rule_by_hand(ops, conf, want) -> None:
     )
     ref = canvas.clone()
     assert commit_torch(ref, *args)[0].item() == want
-    count, _ = ops.commit_triton(canvas, *args)
+    count, _ = commit(canvas, *args)
     assert count.item() == want and torch.equal(canvas, ref)
