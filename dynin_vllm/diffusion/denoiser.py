@@ -378,10 +378,17 @@ class Denoiser:
         def per_row(values: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(values.numpy()[row_table_slot]).to(device)
 
-        def per_state(values: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(values.numpy()[slots]).to(device)
-
-        noise_step = np.array([s.noise_step for s in states], dtype=np.int64)
+        maskgit = table.maskgit.numpy()[slots]
+        random_remasking = table.random_remasking.numpy()[row_table_slot]
+        # The noise streams' step indices: greedy, low-confidence LLaDA rows
+        # draw no noise.
+        noise_step = np.zeros(len(states), dtype=np.int64)
+        if (
+            table.temperature.numpy()[row_table_slot].any()
+            or maskgit.any()
+            or random_remasking.any()
+        ):
+            noise_step[:] = [s.noise_step for s in states]
         cond = logits[: plan.num_cond_rows]
         uncond = cfg = None
         self._fill_uncond_caches(plan, logits, column_offset)
@@ -394,8 +401,7 @@ class Denoiser:
         step = torch.from_numpy(noise_step[row_slot]).to(device)
         position = plan.row_position.to(device)
         ids, conf = _score(
-            states,
-            plan.row_slot,
+            maskgit[row_slot],
             cond,
             per_row(table.temperature),
             seed,
@@ -408,7 +414,6 @@ class Denoiser:
             ),
             column_offset,
         )
-        random_remasking = table.random_remasking.numpy()[row_table_slot]
         if random_remasking.any():
             random_conf = kernels.random_confidence(seed, step, position)
             is_random = torch.from_numpy(random_remasking).to(device)
@@ -437,8 +442,8 @@ class Denoiser:
         confidence.reshape(-1)[flat] = conf
         editable = canvas == self.mask_id
         num_transfer = np.array([s.num_transfer() for s in states], dtype=np.int64)
-        self._record_previews(states, num_holes, canvas, candidates, editable)
-        maskgit = table.maskgit.numpy()[slots]
+        if maskgit.any():
+            self._record_previews(states, num_holes, canvas, candidates, editable)
         selection = (
             candidates,
             confidence,
@@ -662,8 +667,7 @@ def _allowed_rows(
 
 
 def _score(
-    states: list[RequestState],
-    row_slot: torch.Tensor,
+    row_is_maskgit: np.ndarray,
     cond: torch.Tensor,
     temperature: torch.Tensor,
     seed: torch.Tensor,
@@ -674,13 +678,10 @@ def _score(
     allowed: torch.Tensor | None,
     column_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``kernels.score_rows`` with each request's guidance formula: MaskGIT's
+    """``kernels.score_rows`` with each row's guidance formula: MaskGIT's
     ``(1+s)c - s*u`` or LLaDA's ``u + (s+1)(c-u)``, as upstream writes each."""
-    formulas = [
-        kernels.CFG_MASKGIT if s.uses_maskgit else kernels.CFG_LLADA for s in states
-    ]
-    groups = sorted(set(formulas))
-    if len(groups) == 1 or cfg is None:
+    num_maskgit = int(row_is_maskgit.sum())
+    if cfg is None or num_maskgit in (0, row_is_maskgit.size):
         return kernels.score_rows(
             cond,
             temperature,
@@ -689,21 +690,17 @@ def _score(
             position,
             uncond_logits=uncond,
             cfg_scale=cfg,
-            cfg_formula=groups[0],
+            cfg_formula=kernels.CFG_MASKGIT if num_maskgit else kernels.CFG_LLADA,
             allowed=allowed,
             column_offset=column_offset,
         )
     ids = torch.empty(cond.shape[0], dtype=torch.int64, device=cond.device)
     conf = torch.empty(cond.shape[0], dtype=torch.float64, device=cond.device)
-    is_maskgit = torch.tensor(
-        [f == kernels.CFG_MASKGIT for f in formulas], device=cond.device
-    )[row_slot.to(cond.device)]
     for formula, rows in (
-        (kernels.CFG_MASKGIT, is_maskgit.nonzero().flatten()),
-        (kernels.CFG_LLADA, (~is_maskgit).nonzero().flatten()),
+        (kernels.CFG_MASKGIT, row_is_maskgit.nonzero()[0]),
+        (kernels.CFG_LLADA, (~row_is_maskgit).nonzero()[0]),
     ):
-        if not rows.numel():
-            continue
+        rows = torch.from_numpy(rows).to(cond.device)
         ids[rows], conf[rows] = kernels.score_rows(
             cond[rows],
             temperature[rows],

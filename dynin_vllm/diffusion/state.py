@@ -118,7 +118,7 @@ class RequestState:
     uncond_cache_start: int = 0
     slot: int = -1  # its row in the denoiser's slot table, while it has one
     hole_values: torch.Tensor = field(init=False)  # current value of each hole
-    _holes_at_block_start: torch.Tensor = field(init=False)
+    _holes_at_block_start: torch.Tensor = field(init=False)  # (with holes)
 
     def __post_init__(self) -> None:
         self.answer = self.initial.clone()
@@ -127,6 +127,9 @@ class RequestState:
         # MaskGIT's schedule counts the canvas's mask slots, fixed ids aside.
         self.num_slots = int((self.initial == self.mask_id).sum())
         self.hole_values = torch.full_like(self.holes, self.mask_id)
+        self._holes_at_block_start = self.hole_values
+        self._step_stride = self.layout.step_stride
+        self._bounds = self.layout.bounds(self.block)
         self._start_block()
 
     @property
@@ -139,20 +142,20 @@ class RequestState:
 
     @property
     def block_bounds(self) -> tuple[int, int]:
-        return self.layout.bounds(self.block)
+        """Answer-relative ``[start, end)`` of the current block."""
+        return self._bounds
 
     @property
     def block_size(self) -> int:
-        start, end = self.block_bounds
-        return end - start
+        return self._bounds[1] - self._bounds[0]
 
     @property
     def noise_step(self) -> int:
         """Index of the current step in the request's noise stream."""
-        return self.block * self.layout.step_stride + self.step
+        return self.block * self._step_stride + self.step
 
     def num_masked_in_block(self) -> int:
-        start, end = self.block_bounds
+        start, end = self._bounds
         return int((self.answer.numpy()[start:end] == self.mask_id).sum())
 
     def masked_offsets(self) -> torch.Tensor:
@@ -220,7 +223,8 @@ class RequestState:
 
     def _start_block(self) -> None:
         self.step = 0
-        self._holes_at_block_start = self.hole_values.clone()
+        if self.has_holes:
+            self._holes_at_block_start = self.hole_values.clone()
         if self.params.dynamic_steps or self.uses_maskgit:
             self.schedule = []
         else:
@@ -236,7 +240,8 @@ class RequestState:
     def restart_block(self) -> None:
         """Forget the current block's progress (after a preemption)."""
         self.answer[self.committed :] = self.initial[self.committed :]
-        self.hole_values = self._holes_at_block_start.clone()
+        if self.has_holes:
+            self.hole_values = self._holes_at_block_start.clone()
         self._start_block()
 
     def drafts(self) -> list[int]:
@@ -244,8 +249,8 @@ class RequestState:
         (:meth:`forwards_block_only`) or every uncommitted answer position."""
         if self.finished:
             return []
-        end = self.block_bounds[1] if self.forwards_block_only() else self.answer_len
-        return self.answer[self.committed : end].tolist()
+        end = self._bounds[1] if self.forwards_block_only() else self.answer_len
+        return self.answer.numpy()[self.committed : end].tolist()
 
     def take_finished_blocks(self) -> list[int]:
         """Emit every leading block with no mask left; returns their tokens."""
@@ -255,10 +260,11 @@ class RequestState:
             and self.num_masked_in_block() == 0
             and not self.holes_pending()
         ):
-            start, end = self.block_bounds
-            emitted += self.answer[start:end].tolist()
+            start, end = self._bounds
+            emitted += self.answer.numpy()[start:end].tolist()
             self.committed = end
             self.block += 1
+            self._bounds = self.layout.bounds(self.block)
             if not self.finished:
                 self._start_block()
         return emitted
