@@ -72,12 +72,21 @@ class StepPlan:
     uncond_cache_fills: tuple[tuple[int, int, int], ...] = ()
     # Per logits row (cond, uncond, cache rows): index into ``states``.
     logits_row_slot: torch.Tensor | None = None
-    # Per state: its slot in the slot table, its current block's answer
-    # start and size, and its number of hole candidates.
-    state_slots: torch.Tensor | None = None
-    block_start: torch.Tensor | None = None
-    block_size: torch.Tensor | None = None
-    num_holes: torch.Tensor | None = None
+    candidates: CandidateRows | None = None
+
+
+@dataclass
+class CandidateRows:
+    """Each planned request's candidate row, on the host: its visible open
+    prompt holes, then its current block (what a step scores and selects
+    from), laid out once by :meth:`Denoiser.plan` for the step to fill."""
+
+    slots: np.ndarray  # [S] each state's row in the slot table
+    num_holes: np.ndarray  # [S] hole candidates at the front of its row
+    canvas: np.ndarray  # [S, W] current ids: mask id on open holes, -1 past the block
+    in_block: np.ndarray  # [S, W] the columns holding the current block
+    position: np.ndarray  # [S, W] each column's answer position (clamped)
+    table_index: np.ndarray  # [S, W] its flat index into the slot table
 
 
 def new_seed() -> int:
@@ -286,20 +295,14 @@ class Denoiser:
 
         # Index bookkeeping on the host, in numpy (vLLM's input batch does the
         # same): a few microseconds per operation instead of a torch dispatch.
-        state_slots = np.array([st.slot for st in states], dtype=np.int64)
-        block_start = np.array([st.committed for st in states], dtype=np.int64)
-        block_size = np.array([st.block_size for st in states], dtype=np.int64)
-        num_holes = np.array([h.numel() for h in hole_indices], dtype=np.int64)
-        # The still-masked positions of every current block, in one gather.
-        width = int(block_size.max()) if states else 0
-        offset = np.arange(width)
-        index = np.minimum(block_start[:, None] + offset, self.slots.width - 1)
-        blocks = self.slots.answers.numpy()[state_slots[:, None], index]
-        masked = (blocks == self.mask_id) & (offset < block_size[:, None])
-        row_slot, offsets = masked.nonzero()
+        rows_of = self._candidate_rows(states, hole_indices)
+        # The still-masked positions of every current block, in one pass.
+        row_slot, columns = (
+            rows_of.in_block & (rows_of.canvas == self.mask_id)
+        ).nonzero()
+        offsets = columns - rows_of.num_holes[row_slot]
         rows = np.array(first_rows, dtype=np.int64)[row_slot] + offsets
-        columns = num_holes[row_slot] + offsets
-        positions = block_start[row_slot] + offsets
+        positions = rows_of.position[row_slot, columns]  # in the block: unclamped
         partner_first = np.array(uncond_first, dtype=np.int64)[row_slot]
         uncond = np.where(partner_first >= 0, partner_first + offsets, partner_first)
         if hole_parts:
@@ -350,11 +353,27 @@ class Denoiser:
             else None,
             uncond_cache_fills=tuple(cache_fills),
             logits_row_slot=torch.from_numpy(logits_row_slot),
-            state_slots=torch.from_numpy(state_slots),
-            block_start=torch.from_numpy(block_start),
-            block_size=torch.from_numpy(block_size),
-            num_holes=torch.from_numpy(num_holes),
+            candidates=rows_of,
         )
+
+    def _candidate_rows(
+        self, states: list[RequestState], hole_indices: list[torch.Tensor]
+    ) -> CandidateRows:
+        """The candidate rows of ``states``, with ``hole_indices`` (into each
+        state's holes) the holes that are candidates this step."""
+        slots = np.array([st.slot for st in states], dtype=np.int64)
+        start = np.array([st.committed for st in states], dtype=np.int64)
+        size = np.array([st.block_size for st in states], dtype=np.int64)
+        num_holes = np.array([h.numel() for h in hole_indices], dtype=np.int64)
+        width = int((num_holes + size).max()) if states else 0
+        offset = np.arange(width)[None, :] - num_holes[:, None]
+        in_block = (offset >= 0) & (offset < size[:, None])
+        table = self.slots
+        position = np.minimum(np.maximum(start[:, None] + offset, 0), table.width - 1)
+        table_index = slots[:, None] * table.width + position
+        canvas = np.where(in_block, table.answers.view(-1).numpy()[table_index], -1)
+        canvas[offset < 0] = self.mask_id  # open holes
+        return CandidateRows(slots, num_holes, canvas, in_block, position, table_index)
 
     def step(
         self, plan: StepPlan, logits: torch.Tensor, column_offset: int = 0
@@ -371,7 +390,8 @@ class Denoiser:
         device = logits.device
         states = plan.states
         table = self.slots
-        slots = plan.state_slots.numpy()
+        rows_of = plan.candidates
+        slots = rows_of.slots
         row_slot = plan.row_slot.numpy()
         row_table_slot = slots[row_slot]
 
@@ -425,16 +445,9 @@ class Denoiser:
         conf = conf.cpu().numpy()
 
         # Each state's candidate row: its open holes, then its current block.
-        num_holes, size = plan.num_holes.numpy(), plan.block_size.numpy()
-        width = int((num_holes + size).max())
-        offset = np.arange(width)[None, :] - num_holes[:, None]
-        in_block = (offset >= 0) & (offset < size[:, None])
-        index = np.maximum(plan.block_start.numpy()[:, None] + offset, 0)
-        index = np.minimum(index, table.width - 1)
-        answers = table.answers.numpy()
-        canvas = np.where(in_block, answers[slots[:, None], index], -1)
-        canvas[offset < 0] = self.mask_id  # open holes
+        canvas, in_block = rows_of.canvas, rows_of.in_block
         shape = canvas.shape
+        width = shape[1]
         flat = row_slot * width + plan.row_column.numpy()
         candidates = np.full(shape, self.mask_id, dtype=np.int64)
         candidates.reshape(-1)[flat] = ids
@@ -443,7 +456,9 @@ class Denoiser:
         editable = canvas == self.mask_id
         num_transfer = np.array([s.num_transfer() for s in states], dtype=np.int64)
         if maskgit.any():
-            self._record_previews(states, num_holes, canvas, candidates, editable)
+            self._record_previews(
+                states, rows_of.num_holes, canvas, candidates, editable
+            )
         selection = (
             candidates,
             confidence,
@@ -472,8 +487,8 @@ class Denoiser:
             )
 
         # Write every block back with one index; count the masks left.
-        state_rows = np.broadcast_to(slots[:, None], shape)
-        answers[state_rows[in_block], index[in_block]] = canvas[in_block]
+        answers = table.answers.view(-1).numpy()
+        answers[rows_of.table_index[in_block]] = canvas[in_block]
         masks_left = ((canvas == self.mask_id) & in_block).sum(axis=1).tolist()
         emitted: dict[str, list[int]] = {}
         for i, (state, uncond_id, holes) in enumerate(

@@ -189,6 +189,8 @@ class DiffusionRunnerMixin:
         scheduled_drafts = scheduler_output.scheduled_spec_decode_tokens
         spans = []
         whole_prompts = []
+        suffix_rows: list[int] = []
+        suffix_extra: list[int] = []
         for i, req_id in enumerate(self.input_batch.req_ids):
             drafts = scheduled_drafts.get(req_id)
             if req_id in self.likelihood.states:
@@ -208,7 +210,18 @@ class DiffusionRunnerMixin:
                     )
                 )
                 if computed[i]:
-                    self._attend_to_suffix(i, req_id, int(computed[i]) + len(drafts))
+                    extra = self._suffix_keys(req_id, int(computed[i]) + len(drafts))
+                    if extra > 0:
+                        suffix_rows.append(i)
+                        suffix_extra.append(extra)
+        if suffix_rows:
+            # dual steps forwarding only their block attend to the masked
+            # suffix's cached keys too: up to their answer region's end.
+            rows = torch.tensor(suffix_rows)
+            extra = torch.tensor(suffix_extra)
+            self.seq_lens[rows.to(self.device)] += extra.to(self.seq_lens)
+            cpu_lens = self.optimistic_seq_lens_cpu
+            cpu_lens[rows] += extra.to(cpu_lens.dtype)
         self._apply_position_gaps(ends, num_scheduled_tokens)
         self._step_plan = self.denoiser.plan(spans)
         self._likelihood_plan = self.likelihood.plan(whole_prompts)
@@ -256,17 +269,15 @@ class DiffusionRunnerMixin:
         if applied:
             work["columns"] += sum(i.numel() * (hi - lo) for i, lo, hi in row_windows)
 
-    def _attend_to_suffix(self, row: int, req_id: str, seq_len: int) -> None:
-        """A ``dual`` step forwarding only its block also attends to the
-        masked suffix's cached KV: the keys up to its answer region's end."""
+    def _suffix_keys(self, req_id: str, seq_len: int) -> int:
+        """How many cached keys past ``seq_len`` a ``dual`` request's step
+        attends to: its masked suffix, up to its answer region's end (0 for
+        other modes)."""
         state = self.denoiser.states.get(req_id)
         if state is None or state.params.mode != "dual":
-            return
+            return 0
         region = len(self.requests[req_id].prompt_token_ids or ()) + state.answer_len
-        extra = region - seq_len
-        if extra > 0:
-            self.seq_lens[row] += extra
-            self.optimistic_seq_lens_cpu[row] += extra
+        return region - seq_len
 
     def _apply_position_gaps(
         self, ends: np.ndarray, num_scheduled_tokens: np.ndarray
@@ -315,11 +326,12 @@ class DiffusionRunnerMixin:
         self._prefill_emissions = {}
         req_ids = self.input_batch.req_ids
         width = max([2, *(len(t) for t in emitted.values())])
-        sampled = torch.full((len(req_ids), width), -1, dtype=torch.int32)
+        rows = np.full((len(req_ids), width), -1, dtype=np.int32)
         for i, req_id in enumerate(req_ids):
             tokens = emitted.get(req_id)
             if tokens:
-                sampled[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.int32)
+                rows[i, : len(tokens)] = tokens
+        sampled = torch.from_numpy(rows)
         # Only likelihood requests may ask for sample logprobs.
         logprobs = sample_logprobs(sampled) if self.input_batch.num_logprobs else None
         return vllm_private.sampler_output_cls()(

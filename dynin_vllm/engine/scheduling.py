@@ -94,12 +94,11 @@ def committed_in_step(
     Emitted tokens are final, so every mask among them was committed; past
     them, the masks that the next canvas no longer has were committed too.
     """
-    emitted = canvas[:num_emitted]
-    committed = sum(1 for t in emitted if t == mask_id)
+    committed = list(canvas[:num_emitted]).count(mask_id)
     if next_canvas is None:
         return committed
     rest = canvas[num_emitted:]
-    overlap = next_canvas[: len(rest)]
-    before = sum(1 for t in rest[: len(overlap)] if t == mask_id)
-    after = sum(1 for t in overlap if t == mask_id)
+    overlap = list(next_canvas[: len(rest)])
+    before = list(rest[: len(overlap)]).count(mask_id)
+    after = overlap.count(mask_id)
     return committed + max(0, before - after)
