@@ -203,3 +203,63 @@ def test_the_slot_table_keeps_every_request_s_canvas_as_it_grows():
     assert den.states["r3"].slot == freed  # the freed slot is reused
     assert den.drafts("r0") == [4, MASK]  # one token per step; kept
     assert den.drafts("r2") == [MASK]  # its first block took one step
+
+
+def _steps_alone_and_together(specs, logits_for):
+    """Canvases after two steps of each request alone, and of all in one batch."""
+
+    def run(names):
+        den = Denoiser(MASK, VOCAB)
+        for name in names:
+            params, answer_len, temperature = specs[name]
+            den.add_request(
+                name, params, answer_len=answer_len, temperature=temperature
+            )
+        for _ in range(2):
+            spans, row = [], 0
+            for name in names:
+                spans.append(DraftSpan(name, row, len(den.drafts(name))))
+                row += spans[-1].num_rows
+            plan = den.plan(spans)
+            den.step(plan, logits_for(plan))
+        return {name: den.states[name].answer.tolist() for name in names}
+
+    alone = {}
+    for name in specs:
+        alone.update(run([name]))
+    return alone, run(list(specs))
+
+
+def test_maskgit_and_llada_requests_step_together_as_alone():
+    """A batch mixing the two samplers commits each request as it would alone."""
+    specs = {
+        "image": (
+            parse_params({"task": "image_generation", "steps": 4}, seed=1),
+            8,
+            1.0,
+        ),
+        "text": (parse_params({"block_length": 4, "steps": 4}, seed=2), 8, 0.0),
+        "text2": (
+            parse_params({"block_length": 4, "threshold": 0.3}, seed=3),
+            8,
+            0.0,
+        ),
+    }
+
+    scores = torch.randn(3, 8, 64, generator=torch.Generator().manual_seed(0))
+    index = {name: i for i, name in enumerate(specs)}
+
+    def logits_for(plan):
+        # A row's logits depend on its request and position, not on the batch.
+        logits = torch.full((plan.logits_rows.numel(), VOCAB), -5.0)
+        for r, (slot, pos) in enumerate(
+            zip(plan.row_slot.tolist(), plan.row_position.tolist(), strict=True)
+        ):
+            logits[r, :64] = scores[index[plan.states[slot].req_id], pos]
+        return logits
+
+    alone, together = _steps_alone_and_together(specs, logits_for)
+    assert together == alone
+    assert any(t != MASK for t in together["image"])  # every request committed
+    assert any(t != MASK for t in together["text"])
+    assert any(t != MASK for t in together["text2"])

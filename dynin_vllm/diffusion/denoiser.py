@@ -472,7 +472,9 @@ class Denoiser:
             kernels.commit(*map(torch.from_numpy, (canvas, *selection)))
         elif rows.size:
             part = canvas[rows]
-            kernels.commit(*(torch.from_numpy(a[rows]) for a in (canvas, *selection)))
+            kernels.commit(
+                torch.from_numpy(part), *(torch.from_numpy(a[rows]) for a in selection)
+            )
             canvas[rows] = part
         if rows.size < len(states):
             rows = maskgit.nonzero()[0]
