@@ -400,14 +400,11 @@ class Denoiser:
 
         maskgit = table.maskgit.numpy()[slots]
         random_remasking = table.random_remasking.numpy()[row_table_slot]
+        temperature = table.temperature.numpy()[row_table_slot]
         # The noise streams' step indices: greedy, low-confidence LLaDA rows
         # draw no noise.
         noise_step = np.zeros(len(states), dtype=np.int64)
-        if (
-            table.temperature.numpy()[row_table_slot].any()
-            or maskgit.any()
-            or random_remasking.any()
-        ):
+        if temperature.any() or maskgit.any() or random_remasking.any():
             noise_step[:] = [s.noise_step for s in states]
         cond = logits[: plan.num_cond_rows]
         uncond = cfg = None
@@ -423,7 +420,7 @@ class Denoiser:
         ids, conf = _score(
             maskgit[row_slot],
             cond,
-            per_row(table.temperature),
+            torch.from_numpy(temperature).to(device),
             seed,
             step,
             position,

@@ -189,8 +189,7 @@ class DiffusionRunnerMixin:
         scheduled_drafts = scheduler_output.scheduled_spec_decode_tokens
         spans = []
         whole_prompts = []
-        suffix_rows: list[int] = []
-        suffix_extra: list[int] = []
+        suffix_keys: dict[int, int] = {}  # batch row -> cached keys to add
         for i, req_id in enumerate(self.input_batch.req_ids):
             drafts = scheduled_drafts.get(req_id)
             if req_id in self.likelihood.states:
@@ -212,16 +211,8 @@ class DiffusionRunnerMixin:
                 if computed[i]:
                     extra = self._suffix_keys(req_id, int(computed[i]) + len(drafts))
                     if extra > 0:
-                        suffix_rows.append(i)
-                        suffix_extra.append(extra)
-        if suffix_rows:
-            # dual steps forwarding only their block attend to the masked
-            # suffix's cached keys too: up to their answer region's end.
-            rows = torch.tensor(suffix_rows)
-            extra = torch.tensor(suffix_extra)
-            self.seq_lens[rows.to(self.device)] += extra.to(self.seq_lens)
-            cpu_lens = self.optimistic_seq_lens_cpu
-            cpu_lens[rows] += extra.to(cpu_lens.dtype)
+                        suffix_keys[i] = extra
+        self._attend_to_suffixes(suffix_keys)
         self._apply_position_gaps(ends, num_scheduled_tokens)
         self._step_plan = self.denoiser.plan(spans)
         self._likelihood_plan = self.likelihood.plan(whole_prompts)
@@ -268,6 +259,18 @@ class DiffusionRunnerMixin:
         work["columns"] += (num_rows - windowed) * self._vocab_columns
         if applied:
             work["columns"] += sum(i.numel() * (hi - lo) for i, lo, hi in row_windows)
+
+    def _attend_to_suffixes(self, suffix_keys: dict[int, int]) -> None:
+        """``dual`` steps that forward only their block attend to the masked
+        suffix's cached keys too: lengthen those rows' sequences (one indexed
+        add for the batch)."""
+        if not suffix_keys:
+            return
+        rows = torch.tensor(list(suffix_keys))
+        extra = torch.tensor(list(suffix_keys.values()))
+        self.seq_lens[rows.to(self.device)] += extra.to(self.seq_lens)
+        cpu_lens = self.optimistic_seq_lens_cpu
+        cpu_lens[rows] += extra.to(cpu_lens.dtype)
 
     def _suffix_keys(self, req_id: str, seq_len: int) -> int:
         """How many cached keys past ``seq_len`` a ``dual`` request's step
